@@ -1,0 +1,380 @@
+"""
+Tasks and rewards: what the model is asked, and how its answer is scored.
+
+A task is three things: a list of training examples, a held-out list of
+evaluation examples, and a reward function that turns a completion (the text
+the model wrote after the prompt) into 1.0 if its final answer is right and
+0.0 otherwise. GRPO needs nothing more: it samples a group of completions per
+prompt, scores them with `reward`, and pushes up the ones that beat their
+group's average.
+
+Two tasks live here:
+
+- "arithmetic" (the embedded default): multi-digit addition written out digit
+  by digit, least-significant digit first, with explicit carries. It needs no
+  download, its completions are tens of characters long (so token-level
+  tricks have something to work on), and its reward is an exact checker. The
+  tiny character-level Qwen3 in `minnat/assets/tiny-qwen3/` was warm-started
+  on it (see `scripts/make_tiny_model.py`).
+- "gsm8k": grade-school word problems in the GSM8K JSONL format, scored with
+  `math_verify`. This is the task of the paper; it needs a real chat model.
+
+`get_task(name, ...)` is the one entry point the rest of the code uses.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+# -----------------------------------------------------------------------------
+# the common interface
+
+
+@dataclass(frozen=True)
+class Example:
+    """One problem: the raw question, its gold final answer, and optionally the
+    worked solution a perfect model would write (the completion, without EOS).
+    Solutions are what supervised warm-starting trains on, and a handy test
+    oracle: `task.reward(example.solution, example)` is always 1.0."""
+
+    question: str
+    answer: str
+    solution: str | None = None
+
+
+class Task:
+    """Base class. A subclass fills `name`, `train_examples`, `eval_examples`,
+    `uses_chat_template` and implements `prompt_text` and `extract_answer`;
+    the default `reward` compares the extracted answer with the gold one."""
+
+    name: str = "task"
+    uses_chat_template: bool = False
+    train_examples: list[Example]
+    eval_examples: list[Example]
+
+    def prompt_text(self, example: Example) -> str:
+        """The text the model sees before its answer. No chat template is
+        applied here: callers wrap it when `uses_chat_template` is True."""
+        raise NotImplementedError
+
+    def extract_answer(self, completion: str) -> str | None:
+        """The final answer written in `completion`, or None if there is none."""
+        raise NotImplementedError
+
+    def reward(self, completion: str, example: Example) -> float:
+        """1.0 if the completion's final answer equals the gold answer, else
+        0.0. Never raises: garbage text simply earns nothing."""
+        try:
+            return 1.0 if self.extract_answer(completion) == example.answer else 0.0
+        except Exception:
+            return 0.0
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, "
+                f"train={len(self.train_examples)}, eval={len(self.eval_examples)})")
+
+
+# -----------------------------------------------------------------------------
+# "arithmetic": long addition, one digit column per step
+
+ANSWER_MARKER = "answer "
+ARITHMETIC_MIN_DIGITS = 2
+ARITHMETIC_MAX_DIGITS = 6
+
+
+def addition_solution(left: int, right: int, forget_carry=None) -> str:
+    """The worked solution for `left + right`, written the way a child does
+    long addition: one step per digit column, from the least-significant
+    digit, each step `a+b+carry_in=sum cCARRY_OUT`, then the answer.
+
+        addition_solution(4721, 985)
+        -> "1+5+0=6 c0;2+8+0=10 c1;7+9+1=17 c1;4+0+1=5 c0;answer 5706"
+
+    Every step has the same shape, so a small character-level model can learn
+    it: copy the column's two digits from the prompt, copy the incoming carry
+    from the previous step, add, write the carry. The answer is the last digit
+    of each column's sum read backwards, with a leading 1 if the last column
+    carried.
+
+    `forget_carry`, if given, is a function called once for each column whose
+    sum is 10 or more; when it returns True the step writes `c0` instead of
+    `c1` and the next column adds 0: a sloppy student who forgets a carry. The
+    rest of the solution stays consistent with that mistake, so the final
+    answer comes out wrong. `scripts/make_tiny_model.py` uses this to make a
+    warm-start model that is sometimes right and has room to improve.
+    """
+    if left < 0 or right < 0:
+        raise ValueError(f"addition_solution takes non-negative integers, got {left} and {right}.")
+    left_digits, right_digits = str(left)[::-1], str(right)[::-1]
+    steps, answer_digits, carry = [], [], 0
+    for column in range(max(len(left_digits), len(right_digits))):
+        a = int(left_digits[column]) if column < len(left_digits) else 0
+        b = int(right_digits[column]) if column < len(right_digits) else 0
+        total = a + b + carry
+        carry_out = 1 if total >= 10 else 0
+        if carry_out and forget_carry is not None and forget_carry():
+            carry_out = 0
+        steps.append(f"{a}+{b}+{carry}={total} c{carry_out}")
+        answer_digits.append(str(total % 10))
+        carry = carry_out
+    if carry:
+        answer_digits.append("1")
+    return ";".join(steps) + ";" + ANSWER_MARKER + "".join(reversed(answer_digits))
+
+
+class ArithmeticTask(Task):
+    """Addition of two random integers of 2 to 6 digits, prompt `"4721+985="`,
+    completion `addition_solution(4721, 985)`. The splits are fixed by the seed:
+    the held-out problems are drawn first (so they do not change when you ask
+    for more training data), then training problems are drawn skipping any pair
+    already used, in either order, so the splits are disjoint."""
+
+    name = "arithmetic"
+    uses_chat_template = False  # the tiny model is a bare character-level LM
+
+    def __init__(self, seed: int = 0, num_train: int = 20000, num_eval: int = 200):
+        if num_train < 0 or num_eval < 0:
+            raise ValueError(f"num_train and num_eval must be non-negative, got {num_train} and {num_eval}.")
+        rng = random.Random(f"minnat-arithmetic-{seed}")
+        seen: set[tuple[int, int]] = set()
+
+        def draw(count: int) -> list[Example]:
+            examples = []
+            while len(examples) < count:
+                left, right = self.random_operand(rng), self.random_operand(rng)
+                if (left, right) in seen:
+                    continue
+                seen.add((left, right))
+                seen.add((right, left))
+                examples.append(Example(question=f"{left}+{right}", answer=str(left + right),
+                                        solution=addition_solution(left, right)))
+            return examples
+
+        self.eval_examples = draw(num_eval)
+        self.train_examples = draw(num_train)
+
+    @staticmethod
+    def random_operand(rng: random.Random) -> int:
+        """A number whose digit count is uniform in 2..6 (so short and long
+        problems are equally common), with no leading zero."""
+        digits = rng.randint(ARITHMETIC_MIN_DIGITS, ARITHMETIC_MAX_DIGITS)
+        return rng.randint(10 ** (digits - 1), 10**digits - 1)
+
+    def prompt_text(self, example: Example) -> str:
+        return example.question + "="
+
+    def extract_answer(self, completion: str) -> str | None:
+        """The digits right after the first `answer ` marker, exactly as
+        written (so a leading zero makes the answer wrong)."""
+        match = re.search(re.escape(ANSWER_MARKER) + r"(\d+)", completion)
+        return match.group(1) if match else None
+
+
+# -----------------------------------------------------------------------------
+# "gsm8k": grade-school word problems, scored with math_verify
+
+GSM8K_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+def gsm8k_gold_answer(answer_field: str) -> str:
+    """GSM8K answers end with `#### 72`; the gold answer is what follows,
+    without thousands separators."""
+    if "####" not in answer_field:
+        raise ValueError(f"A GSM8K answer must end with '#### <number>', got: {answer_field[-80:]!r}")
+    return answer_field.split("####")[-1].strip().replace(",", "")
+
+
+def gsm8k_example(record: dict) -> Example:
+    """A GSM8K record -> Example. The solution is the record's reasoning with
+    the `<<48/2=24>>` calculator annotations removed, ending in the boxed
+    answer our prompt asks for."""
+    if "question" not in record or "answer" not in record:
+        raise ValueError(f"A GSM8K record needs 'question' and 'answer' fields, got keys {sorted(record)}.")
+    gold = gsm8k_gold_answer(record["answer"])
+    reasoning = re.sub(r"<<[^>]*>>", "", record["answer"].split("####")[0]).strip()
+    return Example(question=record["question"].strip(), answer=gold,
+                   solution=f"{reasoning}\nThe final answer is \\boxed{{{gold}}}.")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    records = []
+    with open(path, encoding="utf-8") as file:
+        for line_number, line in enumerate(file, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{line_number} is not valid JSON ({error}); "
+                                     "GSM8K data must be one JSON object per line.") from None
+    return records
+
+
+LAST_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def last_number(text: str) -> str | None:
+    """The last number in `text`, commas stripped, trailing `.0` dropped."""
+    numbers = LAST_NUMBER.findall(text)
+    if not numbers:
+        return None
+    number = numbers[-1].replace(",", "")
+    if "." in number:
+        number = number.rstrip("0").rstrip(".")
+    return number
+
+
+class GSM8KTask(Task):
+    """GSM8K from local JSONL (`data_path`: a file, or a folder holding
+    train.jsonl and test.jsonl) or from the Hugging Face hub. A single file is
+    split deterministically by `seed` into train and eval (eval gets
+    `num_eval` records, default a tenth)."""
+
+    name = "gsm8k"
+    uses_chat_template = True
+
+    # math_verify guards parsing with signal.alarm, which only works in the
+    # main thread; elsewhere (a web UI's worker thread) we turn the timeout
+    # off and rely on the input cap below to keep parsing fast.
+    math_verify_timeout_seconds = 5
+    max_completion_chars_to_parse = 4000
+
+    def __init__(self, data_path: str | None = None, seed: int = 0,
+                 num_train: int | None = None, num_eval: int | None = None):
+        train_records, eval_records = self.load_records(data_path, seed, num_eval)
+        self.train_examples = [gsm8k_example(r) for r in train_records[:num_train]]
+        self.eval_examples = [gsm8k_example(r) for r in eval_records[:num_eval]]
+
+    @staticmethod
+    def load_records(data_path: str | None, seed: int, num_eval: int | None):
+        if data_path is not None:
+            path = Path(data_path)
+            if path.is_dir():
+                train_file, test_file = path / "train.jsonl", path / "test.jsonl"
+                if not train_file.exists() or not test_file.exists():
+                    raise ValueError(f"The GSM8K folder {path} must contain train.jsonl and test.jsonl.")
+                return read_jsonl(train_file), read_jsonl(test_file)
+            if path.is_file():
+                records = read_jsonl(path)
+                random.Random(seed).shuffle(records)
+                eval_count = num_eval if num_eval is not None else max(1, len(records) // 10)
+                return records[eval_count:], records[:eval_count]
+            raise ValueError(f"GSM8K data path {path} does not exist; pass a JSONL file "
+                             "or a folder with train.jsonl and test.jsonl.")
+        try:
+            import datasets
+
+            dataset = datasets.load_dataset("openai/gsm8k", "main")
+            return list(dataset["train"]), list(dataset["test"])
+        except Exception as error:
+            raise ValueError(
+                "Could not load openai/gsm8k from the Hugging Face hub (is it unreachable, or are "
+                f"you offline?): {type(error).__name__}: {error}. Pass --data-path with a local "
+                "GSM8K-format JSONL file or folder, or use the embedded 'arithmetic' task.") from None
+
+    def prompt_text(self, example: Example) -> str:
+        return f"{example.question}\n{GSM8K_INSTRUCTION}"
+
+    def math_verify_timeout(self) -> int | None:
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        return self.math_verify_timeout_seconds if in_main_thread else None
+
+    def extract_answer(self, completion: str) -> str | None:
+        """The final answer as math_verify reads it (a boxed answer first,
+        then any expression), else the last number in the text."""
+        from math_verify import parse
+
+        completion = completion[-self.max_completion_chars_to_parse:]
+        try:
+            parsed = parse(completion, parsing_timeout=self.math_verify_timeout())
+        except Exception:
+            parsed = []
+        if parsed:
+            return str(parsed[-1]).replace(",", "")
+        return last_number(completion)
+
+    def reward(self, completion: str, example: Example) -> float:
+        try:
+            from math_verify import parse, verify
+
+            completion = completion[-self.max_completion_chars_to_parse:]
+            timeout = self.math_verify_timeout()
+            predicted = parse(completion, parsing_timeout=timeout)
+            if predicted:
+                gold = parse(f"${example.answer}$", parsing_timeout=timeout)
+                return 1.0 if verify(gold, predicted, timeout_seconds=timeout) else 0.0
+            fallback = last_number(completion)
+            return 1.0 if fallback is not None and fallback == example.answer else 0.0
+        except Exception:
+            return 0.0
+
+
+# -----------------------------------------------------------------------------
+# an offline GSM8K-format fixture, so the gsm8k path can be tested without a hub
+
+FIXTURE_NAMES = ["Ava", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hiro"]
+FIXTURE_ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "cookies"]
+
+
+def fixture_record(rng: random.Random) -> dict:
+    """One simple, correctly solved word problem in GSM8K's format. Some
+    answers exceed 999 so they are written with a thousands comma, as GSM8K
+    sometimes does."""
+    name, item = rng.choice(FIXTURE_NAMES), rng.choice(FIXTURE_ITEMS)
+    kind = rng.choice(["add", "subtract", "multiply"])
+    if kind == "add":
+        start, more = rng.randint(2, 900), rng.randint(2, 900)
+        result = start + more
+        question = f"{name} has {start} {item} and gets {more} more. How many {item} does {name} have now?"
+        reasoning = f"{name} has {start} + {more} = <<{start}+{more}={result}>>{result} {item}."
+    elif kind == "subtract":
+        start = rng.randint(20, 900)
+        given = rng.randint(1, start - 1)
+        result = start - given
+        question = f"{name} had {start} {item} and gave away {given}. How many {item} are left?"
+        reasoning = f"{name} has {start} - {given} = <<{start}-{given}={result}>>{result} {item} left."
+    else:
+        boxes, per_box = rng.randint(2, 60), rng.randint(2, 90)
+        result = boxes * per_box
+        question = f"{name} buys {boxes} boxes with {per_box} {item} in each box. How many {item} is that?"
+        reasoning = f"That is {boxes} * {per_box} = <<{boxes}*{per_box}={result}>>{result} {item}."
+    return {"question": question, "answer": f"{reasoning}\n#### {result:,}"}
+
+
+def write_gsm8k_fixture(folder, num_train: int = 16, num_eval: int = 8, seed: int = 0) -> Path:
+    """Write a tiny self-made GSM8K-format dataset (train.jsonl, test.jsonl)
+    into `folder` and return the folder, for offline tests and demos."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"minnat-gsm8k-fixture-{seed}")
+    for filename, count in [("train.jsonl", num_train), ("test.jsonl", num_eval)]:
+        with open(folder / filename, "w", encoding="utf-8") as file:
+            for _ in range(count):
+                file.write(json.dumps(fixture_record(rng)) + "\n")
+    return folder
+
+
+# -----------------------------------------------------------------------------
+# the entry point
+
+TASKS = {"arithmetic": ArithmeticTask, "gsm8k": GSM8KTask}
+
+
+def get_task(name: str, *, data_path: str | None = None, seed: int = 0,
+             num_train: int | None = None, num_eval: int | None = None) -> Task:
+    """Build a task by name. `data_path` only applies to gsm8k; `num_train` and
+    `num_eval` cap the split sizes (arithmetic defaults: 20000 and 200)."""
+    if name == "arithmetic":
+        if data_path is not None:
+            raise ValueError("The arithmetic task is generated, not loaded: drop --data-path, "
+                             "or use --task gsm8k to read GSM8K-format JSONL.")
+        return ArithmeticTask(seed=seed,
+                              num_train=20000 if num_train is None else num_train,
+                              num_eval=200 if num_eval is None else num_eval)
+    if name == "gsm8k":
+        return GSM8KTask(data_path=data_path, seed=seed, num_train=num_train, num_eval=num_eval)
+    raise ValueError(f"Unknown task {name!r}; known tasks are: {', '.join(sorted(TASKS))}.")
