@@ -1,0 +1,36 @@
+"""Shared test fixtures: tiny random Qwen3 models and generate()-shaped batches, built locally (no network)."""
+import pytest
+import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+
+def build_tiny_qwen3(vocab_size: int = 64, dtype=torch.float64, seed: int = 0, layers: int = 2):
+    """A 2-layer Qwen3ForCausalLM with random weights; float64 by default so exactness checks are tight."""
+    torch.manual_seed(seed)
+    config = Qwen3Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
+                         tie_word_embeddings=False)
+    return Qwen3ForCausalLM(config).to(dtype).eval()
+
+
+def make_batch(prompt_lengths, response_lengths, prompt_columns=None, response_columns=None,
+               vocab_size: int = 64, seed: int = 0):
+    """input_ids [B, P+T] (left-padded prompts, right-padded responses), attention_mask, response_mask."""
+    generator = torch.Generator().manual_seed(seed)
+    prompt_lengths, response_lengths = torch.tensor(prompt_lengths), torch.tensor(response_lengths)
+    P = prompt_columns or int(prompt_lengths.max())
+    T = response_columns or max(int(response_lengths.max()), 1)
+    batch = len(prompt_lengths)
+    input_ids = torch.randint(1, vocab_size, (batch, P + T), generator=generator)
+    columns = torch.arange(P + T)
+    prompt_part = (columns.unsqueeze(0) >= P - prompt_lengths.unsqueeze(1)) & (columns.unsqueeze(0) < P)
+    response_part = (columns.unsqueeze(0) >= P) & (columns.unsqueeze(0) < P + response_lengths.unsqueeze(1))
+    attention_mask = (prompt_part | response_part).long()
+    input_ids = input_ids * attention_mask  # pad id 0
+    response_mask = torch.arange(T).unsqueeze(0) < response_lengths.unsqueeze(1)
+    return input_ids, attention_mask, response_mask
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    return build_tiny_qwen3()

@@ -1,0 +1,185 @@
+"""Selection and Horvitz–Thompson weights: exact unbiasedness, Monte Carlo behaviour, bad input."""
+import itertools
+import math
+
+import pytest
+import torch
+
+from conftest import make_batch
+from minnat.grpo import policy_loss
+from minnat.logprobs import response_logprobs
+from minnat.nat import (METHODS, RPC_CUT_DISTRIBUTIONS, rpc_cut_probabilities, rpc_inclusion_probabilities,
+                        select_tokens, selection_from_keep)
+
+
+def loss_and_grad(model, batch, old_logprobs, ref_logprobs, advantages, selection, loss_agg):
+    input_ids, attention_mask, response_mask = batch
+    model.zero_grad()
+    logprobs = response_logprobs(model, input_ids, attention_mask, response_mask, selection)
+    loss = policy_loss(logprobs, old_logprobs, advantages, response_mask,
+                       weights=None if selection is None else selection.weights.double(),
+                       ref_logprobs=ref_logprobs, clip_eps=0.1, clip_eps_high=0.15, kl_coef=0.3,
+                       loss_agg=loss_agg)
+    if loss.requires_grad:  # a draw that keeps no token has a constant (zero) loss
+        loss.backward()
+    gradient = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                          for p in model.parameters()])
+    return loss.detach(), gradient
+
+
+def perturbed_logprobs(model, batch, seed):
+    """log π_old and log π_ref that differ from log π_θ enough to switch clipping and KL on."""
+    input_ids, attention_mask, response_mask = batch
+    with torch.no_grad():
+        current = response_logprobs(model, input_ids, attention_mask, response_mask).double()
+    generator = torch.Generator().manual_seed(seed)
+    old = current + 0.3 * torch.randn(current.shape, generator=generator, dtype=torch.float64)
+    ref = current + 0.3 * torch.randn(current.shape, generator=generator, dtype=torch.float64)
+    return old * response_mask, ref * response_mask
+
+
+@pytest.mark.parametrize("loss_agg", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize("cut_distribution,budget", [("uniform-floor", 0.3), ("uniform-floor", 0.7),
+                                                     ("power", 0.5), ("power", 0.35)])
+def test_rpc_enumerating_every_cut_gives_full_loss_and_gradient(tiny_model, loss_agg, cut_distribution, budget):
+    lengths = [5, 3, 0]
+    batch = make_batch(prompt_lengths=[4, 2, 3], response_lengths=lengths, response_columns=6)
+    response_mask = batch[2]
+    old, ref = perturbed_logprobs(tiny_model, batch, seed=1)
+    advantages = torch.tensor([1.2, -0.7, 0.4], dtype=torch.float64)
+    full_loss, full_grad = loss_and_grad(tiny_model, batch, old, ref, advantages, None, loss_agg)
+
+    lengths_t = torch.tensor(lengths)
+    pi = rpc_inclusion_probabilities(lengths_t, 6, budget, cut_distribution, dtype=torch.float64)
+    cut_choices = [list(zip(range(1, L + 1), rpc_cut_probabilities(L, budget, cut_distribution).tolist()))
+                   if L else [(0, 1.0)] for L in lengths]
+    expected_loss, expected_grad, total_probability = 0.0, torch.zeros_like(full_grad), 0.0
+    for combo in itertools.product(*cut_choices):
+        cuts = torch.tensor([cut for cut, _ in combo])
+        probability = math.prod(p for _, p in combo)
+        keep = torch.arange(6).unsqueeze(0) < cuts.unsqueeze(1)
+        selection = selection_from_keep(keep, pi, "rpc", budget, cut_distribution)
+        loss, grad = loss_and_grad(tiny_model, batch, old, ref, advantages, selection, loss_agg)
+        expected_loss += probability * loss
+        expected_grad += probability * grad
+        total_probability += probability
+    assert total_probability == pytest.approx(1.0, abs=1e-12)
+    assert float(expected_loss) == pytest.approx(float(full_loss), rel=1e-6, abs=1e-12)
+    # Qwen3's RMSNorm computes in float32 even for a float64 model, so agreement is at float32 rounding.
+    assert (expected_grad - full_grad).abs().max() <= 1e-6 * full_grad.abs().max()
+    assert full_grad.abs().sum() > 0  # the check is not vacuous
+
+
+@pytest.mark.parametrize("loss_agg", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize("budget", [0.25, 0.6])
+def test_urs_enumerating_every_mask_gives_full_loss_and_gradient(tiny_model, loss_agg, budget):
+    lengths = [3, 2]
+    batch = make_batch(prompt_lengths=[2, 4], response_lengths=lengths)
+    response_mask = batch[2]
+    old, ref = perturbed_logprobs(tiny_model, batch, seed=2)
+    advantages = torch.tensor([-1.1, 0.9], dtype=torch.float64)
+    full_loss, full_grad = loss_and_grad(tiny_model, batch, old, ref, advantages, None, loss_agg)
+    positions = response_mask.nonzero().tolist()
+    pi = response_mask.double() * budget
+    expected_loss, expected_grad = 0.0, torch.zeros_like(full_grad)
+    for bits in itertools.product([0, 1], repeat=len(positions)):
+        keep = torch.zeros_like(response_mask)
+        for (row, column), bit in zip(positions, bits):
+            keep[row, column] = bool(bit)
+        probability = budget ** sum(bits) * (1 - budget) ** (len(bits) - sum(bits))
+        selection = selection_from_keep(keep, pi, "urs", budget)
+        loss, grad = loss_and_grad(tiny_model, batch, old, ref, advantages, selection, loss_agg)
+        expected_loss += probability * loss
+        expected_grad += probability * grad
+    assert float(expected_loss) == pytest.approx(float(full_loss), rel=1e-6, abs=1e-12)
+    # Qwen3's RMSNorm computes in float32 even for a float64 model, so agreement is at float32 rounding.
+    assert (expected_grad - full_grad).abs().max() <= 1e-6 * full_grad.abs().max()
+
+
+@pytest.mark.parametrize("method,cut_distribution", [("urs", "uniform-floor"), ("rpc", "uniform-floor"),
+                                                     ("rpc", "power")])
+@pytest.mark.parametrize("budget", [0.2, 0.5, 0.85])
+def test_monte_carlo_weights_average_to_one_and_kept_fraction_to_budget(method, cut_distribution, budget):
+    lengths = torch.tensor([1, 4, 9, 17, 30, 0])
+    draws = 20000
+    mask = torch.arange(30).unsqueeze(0) < lengths.repeat(draws).unsqueeze(1)
+    selection = select_tokens(mask, method, budget, torch.Generator().manual_seed(7),
+                              cut_distribution=cut_distribution)
+    weights = selection.weights.view(draws, len(lengths), 30).double()
+    pi = selection.inclusion_prob.view(draws, len(lengths), 30)[0].double()
+    response = pi > 0
+    # Per position: mean of keep/π over N draws has standard deviation sqrt((1 − π)/(π N)).
+    mean_weight = weights.mean(dim=0)
+    std = torch.sqrt((1 - pi) / pi.clamp(min=1e-300) / draws)
+    tight = response & (pi > 0.01)  # very rare positions (power family) are checked through the bound only
+    assert ((mean_weight - 1).abs()[tight] <= 5 * std[tight] + 1e-9).all()
+    assert (mean_weight[~response] == 0).all()
+    # Kept tokens per row: mean → Σ_t π_t, which itself lies in [ρL, ρL + 1].
+    kept = selection.keep.view(draws, len(lengths), 30).double().sum(dim=2)
+    expected_kept = pi.sum(dim=1)
+    if method == "urs":
+        assert torch.allclose(expected_kept, budget * lengths.double())
+    else:
+        assert (expected_kept >= budget * lengths - 1e-6).all()
+        assert (expected_kept <= budget * lengths + 1 + 1e-6).all()
+    kept_std = kept.std(dim=0) / math.sqrt(draws)
+    assert ((kept.mean(dim=0) - expected_kept).abs() <= 5 * kept_std + 1e-9).all()
+    total_fraction = kept.sum() / (draws * lengths.sum())
+    assert abs(float(total_fraction) - budget) <= 1.0 * len(lengths) / lengths.sum() + 0.01
+
+
+def test_rpc_keeps_a_prefix_and_pi_is_positive_on_every_token():
+    lengths = torch.tensor([1, 2, 50, 0, 7])
+    mask = torch.arange(50).unsqueeze(0) < lengths.unsqueeze(1)
+    for distribution in RPC_CUT_DISTRIBUTIONS:
+        for budget in [0.05, 0.3, 0.5, 0.99, 1.0]:
+            selection = select_tokens(mask, "rpc", budget, torch.Generator().manual_seed(3),
+                                      cut_distribution=distribution)
+            assert (selection.inclusion_prob[mask] > 0).all()
+            assert (selection.inclusion_prob[~mask] == 0).all()
+            assert torch.equal(selection.keep, torch.arange(50).unsqueeze(0) < selection.cut_lengths.unsqueeze(1))
+            assert (selection.cut_lengths[lengths > 0] >= 1).all()
+            assert torch.allclose(rpc_cut_probabilities(7, budget, distribution).sum().double(),
+                                  torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_uniform_floor_bounds_the_largest_weight():
+    mask = torch.ones(1, 400, dtype=torch.bool)
+    for budget in [0.1, 0.25, 0.5]:
+        pi = select_tokens(mask, "rpc", budget).inclusion_prob
+        assert float((1 / pi).max()) <= 1 / (0.2 * budget) + 1e-3
+
+
+def test_full_keeps_everything_with_weight_one():
+    mask = torch.arange(6).unsqueeze(0) < torch.tensor([6, 2, 0]).unsqueeze(1)
+    for method in METHODS:
+        selection = select_tokens(mask, method, 1.0)
+        assert torch.equal(selection.keep, mask)
+        assert torch.equal(selection.weights, mask.float())
+
+
+@pytest.mark.parametrize("budget", [0.0, -0.5, 1.5, float("nan"), "half"])
+def test_bad_budget_is_a_clear_error(budget):
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"budget ρ must be"):
+        select_tokens(mask, "urs", budget)
+
+
+def test_bad_method_mask_and_distribution_are_clear_errors():
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"unknown NAT method 'top-k'; choose one of"):
+        select_tokens(mask, "top-k", 0.5)
+    with pytest.raises(ValueError, match="right-padded"):
+        select_tokens(torch.tensor([[True, False, True]]), "rpc", 0.5)
+    with pytest.raises(ValueError, match="2-D tensor"):
+        select_tokens(torch.ones(3, dtype=torch.bool), "rpc", 0.5)
+    with pytest.raises(ValueError, match="cut distribution"):
+        select_tokens(mask, "rpc", 0.5, cut_distribution="gaussian")
+
+
+def test_generator_makes_draws_reproducible():
+    mask = torch.ones(4, 20, dtype=torch.bool)
+    for method in ["urs", "rpc"]:
+        first = select_tokens(mask, method, 0.5, torch.Generator().manual_seed(5))
+        second = select_tokens(mask, method, 0.5, torch.Generator().manual_seed(5))
+        assert torch.equal(first.keep, second.keep)
