@@ -155,3 +155,16 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
                                           response_mask, ref_logprobs=ref_logprobs, clip_eps=clip_eps,
                                           clip_eps_high=clip_eps_high, kl_coef=kl_coef)
     return aggregate(loss_per_token, response_mask, weights, loss_agg)
+
+
+def aggregation_share(chunk_mask: torch.Tensor, batch_mask: torch.Tensor, loss_agg: str) -> float:
+    """The factor that turns a chunk's `policy_loss` into its share of the whole batch's loss.
+
+    With gradient accumulation over row chunks, Σ_chunks share·loss(chunk) = loss(batch) exactly,
+    because every normaliser is a count over the FULL response mask (rows with tokens, tokens, or rows).
+    """
+    if loss_agg == "seq-mean-token-mean":
+        return int(chunk_mask.any(dim=1).sum()) / max(int(batch_mask.any(dim=1).sum()), 1)
+    if loss_agg == "token-mean":
+        return int(chunk_mask.sum()) / max(int(batch_mask.sum()), 1)
+    return chunk_mask.shape[0] / max(batch_mask.shape[0], 1)

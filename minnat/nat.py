@@ -83,6 +83,15 @@ class Selection:
     budget: float
     cut_distribution: str | None = None
 
+    def rows(self, index: torch.Tensor) -> "Selection":
+        """The selection restricted to some rows (bool mask or long indices over B)."""
+        return Selection(self.keep[index], self.inclusion_prob[index], self.weights[index],
+                         self.cut_lengths[index], self.method, self.budget, self.cut_distribution)
+
+    def to(self, device) -> "Selection":
+        return Selection(self.keep.to(device), self.inclusion_prob.to(device), self.weights.to(device),
+                         self.cut_lengths.to(device), self.method, self.budget, self.cut_distribution)
+
     @property
     def kept_fraction(self) -> float:
         """Kept tokens / response tokens of this draw (ρ in expectation)."""

@@ -1,0 +1,166 @@
+"""Loading models: the embedded tiny Qwen3, local checkpoints, hub ids, and size presets.
+
+Everything minnat trains is a Hugging Face causal LM (`Qwen3ForCausalLM` for the embedded
+default and the Qwen3 family). Three ways in:
+
+* "embedded" — the tiny character-level Qwen3 shipped in `minnat/assets/tiny-qwen3/`
+  (made by `scripts/make_tiny_model.py`). No network, runs on CPU.
+* a folder — a checkpoint written by the trainer (`save_pretrained`) or any local HF model.
+* a hub id such as "Qwen/Qwen3-0.6B" — loaded from the local Hugging Face cache or the hub.
+
+For safety, weights are read from safetensors only (no pickle) and `trust_remote_code`
+stays False. For cost measurements at the paper's scale, `build_preset_model` makes the
+Qwen3-0.6B…8B *architectures* with random weights — no download needed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+from minnat.assets import TINY_QWEN3_DIR
+
+EMBEDDED_MODEL = "embedded"
+
+# Public architecture facts of the Qwen3 dense models (config.json of each release).
+QWEN3_ARCHITECTURES = {
+    "qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                       num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+    "qwen3-1.7b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
+                       num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+    "qwen3-4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+                     num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+    "qwen3-8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                     num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
+}
+QWEN3_VOCAB_SIZE = 151936
+PRESETS = ("tiny",) + tuple(QWEN3_ARCHITECTURES)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "float64": torch.float64}
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
+    """"auto" means bfloat16 on CUDA and float32 on CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {('auto',) + tuple(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but PyTorch sees no CUDA GPU; use --device cpu.")
+    return device
+
+
+def model_location(name_or_path: str) -> str:
+    """The folder or hub id behind a model name ("embedded" is the shipped tiny Qwen3)."""
+    return str(TINY_QWEN3_DIR) if name_or_path == EMBEDDED_MODEL else str(name_or_path)
+
+
+def check_checkpoint_folder(folder: Path) -> None:
+    """A local model folder must hold a config, safetensors weights and a tokenizer."""
+    missing = []
+    if not (folder / "config.json").is_file():
+        missing.append("config.json")
+    if not any(folder.glob("*.safetensors")):
+        pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
+        missing.append("model weights in safetensors format" +
+                       (f" (found only pickle files {pickled}; convert them with save_pretrained("
+                        "safe_serialization=True) — minnat does not load pickles)" if pickled else ""))
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        missing.append("tokenizer files (tokenizer.json / tokenizer_config.json)")
+    if missing:
+        raise ValueError(f"the model folder {folder} is incomplete: missing {', '.join(missing)}. "
+                         "Point --model at a folder written by save_pretrained (a minnat checkpoint, or a "
+                         "downloaded Hugging Face model), or use --model embedded.")
+
+
+def load_tokenizer(name_or_path: str):
+    location = model_location(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # generate() wants prompts flush right
+    return tokenizer
+
+
+def load_model(name_or_path: str = EMBEDDED_MODEL, *, dtype: str | torch.dtype = "auto", device: str = "cpu",
+               gradient_checkpointing: bool = False):
+    """(model, tokenizer) for "embedded", a local folder, or a hub id — with clear errors offline.
+
+    The model comes back in train mode on `device`; bf16 on CUDA and float32 on CPU by default.
+    """
+    location = model_location(name_or_path)
+    torch_dtype = resolve_dtype(dtype, device)
+    is_folder = Path(location).is_dir()
+    if is_folder:
+        check_checkpoint_folder(Path(location))
+    elif location.startswith((".", "/", "~")) or location.count("/") > 1:  # a path, not an "org/name" id
+        raise ValueError(f"the model folder {location!r} does not exist. Pass an existing folder, a hub id "
+                         "such as Qwen/Qwen3-0.6B, or --model embedded.")
+    try:
+        config = AutoConfig.from_pretrained(location, trust_remote_code=False)
+        tokenizer = load_tokenizer(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, trust_remote_code=False,
+                                                     use_safetensors=True)
+    except (OSError, ValueError, KeyError) as error:
+        if is_folder:
+            raise ValueError(f"could not load the model in {location}: {error}. Is it a Hugging Face causal "
+                             "LM folder written by save_pretrained (config.json model_type must be one "
+                             "transformers knows, e.g. qwen3)?") from error
+        raise ValueError(f"could not load {location!r}: it is not a local folder, and the Hugging Face hub is "
+                         "unreachable or does not have it in the local cache (this machine may be offline). "
+                         "Download it where there is internet (`huggingface-cli download "
+                         f"{location}`) and pass the folder, or use the embedded default `--model embedded`, "
+                         "which needs no network.") from error
+    if not getattr(config, "is_encoder_decoder", False) and not hasattr(model, "get_decoder"):
+        raise ValueError(f"{location} is not a decoder-only causal LM; minnat trains causal LMs such as Qwen3.")
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model.to(device), tokenizer
+
+
+def preset_config(preset: str) -> Qwen3Config:
+    """The architecture of a Qwen3 size ("qwen3-0.6b" … "qwen3-8b") or "tiny" (the embedded model's)."""
+    if preset == "tiny":
+        return AutoConfig.from_pretrained(str(TINY_QWEN3_DIR))
+    if preset not in QWEN3_ARCHITECTURES:
+        raise ValueError(f"unknown model preset {preset!r}; choose one of {PRESETS}.")
+    return Qwen3Config(vocab_size=QWEN3_VOCAB_SIZE, max_position_embeddings=40960, rope_theta=1_000_000.0,
+                       rms_norm_eps=1e-6, **QWEN3_ARCHITECTURES[preset])
+
+
+def build_preset_model(preset: str, *, dtype: str | torch.dtype = "auto", device: str = "cpu",
+                       gradient_checkpointing: bool = False, seed: int = 0,
+                       attention: str = "sdpa") -> Qwen3ForCausalLM:
+    """A Qwen3 of the preset's architecture with random weights, built directly on `device`."""
+    config = preset_config(preset)
+    config._attn_implementation = attention
+    torch_dtype = resolve_dtype(dtype, device)
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch_dtype)
+    try:
+        with torch.device(device):
+            model = Qwen3ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model
+
+
+def count_parameters(model) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())

@@ -1,0 +1,501 @@
+"""The GRPO + NAT trainer: `python -m minnat.train`.
+
+One training step, in the paper's notation:
+
+  1. Rollout.   Take B/G questions, sample G responses o_i each from π_old = π_θ (the current
+                policy) at temperature τ, and score them: rewards R_i.        (minnat.rollout)
+  2. Advantage. Â_i = (R_i − mean_group R) / (std_group R + ε).             (minnat.grpo.group_advantages)
+  3. Select.    Draw which response tokens this step trains on: keep_{i,t} with inclusion
+                probability π_{i,t}, HT weight keep/π.                         (minnat.nat.select_tokens)
+  4. Old / reference log-probs, only at kept tokens (for RPC: on prompt + prefix only).
+  5. Update.    μ times: log π_θ at kept tokens (minnat.logprobs.response_logprobs), the
+                clipped GRPO loss with the HT weights (minnat.grpo.policy_loss), backward,
+                gradient-norm clipping, AdamW step.
+
+Full GRPO is the special case method="full" (π = 1, w = 1). Everything else — data,
+rollouts, optimiser — is identical across methods, so runs are directly comparable.
+
+With no arguments it trains the embedded tiny Qwen3 on the embedded arithmetic task with
+RPC at ρ = 0.5 on CPU and prints what changed. `--model Qwen/Qwen3-0.6B --task gsm8k` runs a
+real model on one GPU through the same code.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from minnat import checkpoint as ckpt
+from minnat.grpo import ADVANTAGE_SCALES, LOSS_AGGREGATIONS, aggregation_share, group_advantages, policy_loss
+from minnat.logprobs import LogprobStats, response_logprobs
+from minnat.measure import ActivationMeter, stopwatch
+from minnat.models import EMBEDDED_MODEL, load_model, resolve_device
+from minnat.nat import METHODS, RPC_CUT_DISTRIBUTIONS, check_budget, select_tokens
+from minnat.rollout import RolloutBatch, generate
+from minnat.tasks import get_task
+
+
+def option(default, help, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run. The defaults train the embedded default in a few CPU minutes."""
+
+    # what to train
+    model: str = option(EMBEDDED_MODEL, "'embedded' (the shipped tiny Qwen3), a checkpoint folder, or a hub id "
+                                        "such as Qwen/Qwen3-0.6B")
+    task: str = option("arithmetic", "'arithmetic' (embedded, offline) or 'gsm8k'")
+    data_path: str | None = option(None, "GSM8K-format JSONL file or folder (train.jsonl/test.jsonl); "
+                                         "default: the hub dataset")
+    # NAT
+    method: str = option("rpc", "which tokens the update trains on: full, urs or rpc", choices=METHODS)
+    budget: float = option(0.5, "ρ ∈ (0, 1]: expected fraction of each response's tokens that is kept")
+    cut_distribution: str = option("uniform-floor", "RPC cut distribution", choices=RPC_CUT_DISTRIBUTIONS)
+    # GRPO
+    steps: int = option(60, "number of rollout + update steps")
+    batch_size: int = option(128, "responses per step (= questions per step × group size)")
+    group_size: int = option(8, "G: responses sampled per question")
+    max_new_tokens: int = option(80, "longest response; longer ones are truncated")
+    temperature: float = option(1.0, "sampling temperature τ, also used in the log-probs")
+    top_p: float = option(1.0, "nucleus sampling (1.0 = off; anything else makes log-probs approximate)")
+    learning_rate: float = option(3e-4, "AdamW peak learning rate")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_steps: int = option(3, "linear learning-rate warmup steps, then constant")
+    updates_per_batch: int = option(1, "μ: optimiser steps on each rollout batch (old log-probs computed once)")
+    clip_eps: float = option(0.2, "ε: lower clip of the ratio r (1 − ε)")
+    clip_eps_high: float | None = option(None, "ε_high: upper clip (1 + ε_high); default ε (DAPO uses 0.28)")
+    kl_coef: float = option(0.0, "β: weight of the k3 KL to a frozen reference model (loaded only when > 0)")
+    loss_agg: str = option("seq-mean-token-mean", "loss aggregation", choices=LOSS_AGGREGATIONS)
+    advantage_scale: str = option("group", "divide advantages by the group's std, the batch's, or none",
+                                  choices=ADVANTAGE_SCALES)
+    max_grad_norm: float = option(1.0, "gradient-norm clipping threshold")
+    mask_truncated: bool = option(False, "leave responses that hit max_new_tokens out of the loss")
+    drop_uniform_groups: bool = option(False, "skip groups whose rewards are all equal (their Â is 0)")
+    update_micro_batch_rows: int = option(0, "rows per backward pass (gradient accumulation); 0 = whole batch")
+    # evaluation and logging
+    eval_every: int = option(10, "greedy held-out evaluation every this many steps (0 = only before/after)")
+    num_eval: int = option(200, "held-out questions per evaluation")
+    eval_batch_size: int = option(100, "questions per generate() call during evaluation")
+    log_samples: int = option(2, "sampled completions written to samples.jsonl per step")
+    measure_activation_memory: bool = option(True, "count bytes saved for backward in each update")
+    tensorboard: bool = option(False, "also write TensorBoard logs (needs the tensorboard package)")
+    # run folder
+    out: str | None = option(None, "output folder (default: a new folder under runs/)")
+    save_every: int = option(20, "checkpoint every this many steps (and at the end)")
+    resume: str | None = option(None, "continue the run in this output folder from its last checkpoint")
+    overwrite: bool = option(False, "replace an existing run in --out")
+    seed: int = option(0, "seed for data order, sampling and NAT's selections")
+    # hardware
+    device: str = option("auto", "cpu, cuda, or auto")
+    dtype: str = option("auto", "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward (saves memory)")
+    num_threads: int = option(0, "CPU threads for torch (0 = torch's default)")
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}.")
+        self.budget = check_budget(self.budget)
+        if self.loss_agg not in LOSS_AGGREGATIONS:
+            raise ValueError(f"unknown loss_agg {self.loss_agg!r}; choose one of {LOSS_AGGREGATIONS}.")
+        if self.advantage_scale not in ADVANTAGE_SCALES:
+            raise ValueError(f"unknown advantage_scale {self.advantage_scale!r}; choose one of {ADVANTAGE_SCALES}.")
+        if self.cut_distribution not in RPC_CUT_DISTRIBUTIONS:
+            raise ValueError(f"unknown cut_distribution {self.cut_distribution!r}; choose one of "
+                             f"{RPC_CUT_DISTRIBUTIONS}.")
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be at least 2 (GRPO compares responses to the same question); "
+                             f"got {self.group_size}. Try --group-size 8.")
+        if self.batch_size < self.group_size or self.batch_size % self.group_size:
+            raise ValueError(f"batch_size {self.batch_size} must be a positive multiple of group_size "
+                             f"{self.group_size} (each question gets exactly G responses); e.g. --batch-size "
+                             f"{max(1, self.batch_size // self.group_size) * self.group_size}.")
+        for name in ("steps", "max_new_tokens", "updates_per_batch", "num_eval", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}.")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0; got {self.temperature}.")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1]; got {self.top_p}.")
+
+
+def parse_args(argv=None) -> TrainConfig:
+    """Every TrainConfig field is a --flag with its help line. Only the flags given are set."""
+    parser = argparse.ArgumentParser(prog="python -m minnat.train", description=__doc__.split("\n\n")[0],
+                                     argument_default=argparse.SUPPRESS,
+                                     )
+    for config_field in dataclasses.fields(TrainConfig):
+        flag = "--" + config_field.name.replace("_", "-")
+        help_text = config_field.metadata["help"] + f" (default: {config_field.default})"
+        type_name = str(config_field.type)  # e.g. "int", "float | None", "bool"
+        if type_name == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            kind = float if "float" in type_name else int if "int" in type_name else str
+            parser.add_argument(flag, type=kind, help=help_text, choices=config_field.metadata.get("choices"))
+    given = vars(parser.parse_args(argv))
+    if "resume" in given:
+        # A resumed run continues with its saved configuration; only --steps may extend it.
+        saved = Path(given["resume"]) / "config.json"
+        if not saved.exists():
+            raise ValueError(f"cannot resume: {saved} does not exist. --resume takes the output folder of an "
+                             "earlier minnat run.")
+        config = TrainConfig(**json.loads(saved.read_text()))
+        config.resume, config.out = given["resume"], given["resume"]
+        if "steps" in given:
+            config.steps = given["steps"]
+        return config
+    return TrainConfig(**given)
+
+
+class Trainer:
+    """Holds the model, optimiser and run folder; `train()` runs the loop and returns the summary."""
+
+    def __init__(self, config: TrainConfig, progress: bool = True):
+        config.validate()
+        self.config = config
+        self.progress = progress
+        self.device = resolve_device(config.device)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.run_dir = self.prepare_run_dir()
+        self.task = get_task(config.task, data_path=config.data_path, seed=config.seed)
+        if not self.task.train_examples or not self.task.eval_examples:
+            raise ValueError(f"task {config.task!r} has no training or no evaluation examples; check --data-path.")
+
+        resume_from = ckpt.latest_checkpoint(self.run_dir) if config.resume else None
+        if config.resume and resume_from is None:
+            raise ValueError(f"cannot resume {self.run_dir}: it has no complete checkpoint yet (checkpoints/latest "
+                             "is missing). Start it again with --overwrite.")
+        self.model, self.tokenizer = load_model(str(resume_from) if resume_from else config.model, dtype=config.dtype,
+                                                device=self.device,
+                                                gradient_checkpointing=config.gradient_checkpointing)
+        if resume_from is not None:
+            self.check_same_architecture(resume_from)
+        self.reference_model = None
+        if config.kl_coef > 0:  # the frozen reference is only needed for the KL term
+            self.reference_model, _ = load_model(config.model, dtype=config.dtype, device=self.device)
+            self.reference_model.eval().requires_grad_(False)
+
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
+                                           weight_decay=config.weight_decay, betas=(0.9, 0.99))
+        warmup = max(config.warmup_steps, 0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)) if warmup else 1.0)
+        self.selection_generator = torch.Generator().manual_seed(config.seed + 1)
+        self.seed_everything(config.seed)
+
+        self.step = 0
+        self.totals = {"response_tokens_generated": 0, "response_tokens_used": 0, "tokens_to_model": 0,
+                       "skipped_steps": 0, "steps_without_signal": 0}
+        self.times = {"rollout": 0.0, "update": 0.0, "eval": 0.0}
+        self.accuracy_before = None
+        self.last_accuracy = None
+        if resume_from is not None:
+            self.load_state(resume_from)
+        self.tensorboard = self.open_tensorboard() if config.tensorboard else None
+
+    # ----------------------------------------------------------------- run folder
+    def prepare_run_dir(self) -> Path:
+        config = self.config
+        if config.out is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            config.out = str(Path("runs") / f"{stamp}-{config.method}-{config.budget:g}-seed{config.seed}")
+        run_dir = Path(config.out)
+        has_run = (run_dir / "config.json").exists() or (run_dir / "metrics.jsonl").exists()
+        if has_run and not config.resume:
+            if not config.overwrite:
+                raise ValueError(f"the output folder {run_dir} already holds a run. Pass --resume {run_dir} to "
+                                 "continue it, --overwrite to replace it, or choose another --out.")
+            shutil.rmtree(run_dir)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            probe = run_dir / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+            if not config.resume:
+                ckpt.atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
+        except OSError as error:
+            raise ValueError(f"cannot write to the output folder {run_dir}: {error.strerror or error}. Choose a "
+                             "writable folder with free space via --out.") from error
+        return run_dir
+
+    def check_same_architecture(self, checkpoint: Path) -> None:
+        saved = json.loads((checkpoint / "config.json").read_text())
+        if saved.get("model_type") != self.model.config.model_type:
+            raise ValueError(f"the checkpoint {checkpoint} is a {saved.get('model_type')} model, not the "
+                             f"{self.model.config.model_type} this run trains.")
+
+    def open_tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as error:
+            raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard.") from error
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    @staticmethod
+    def seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    # ----------------------------------------------------------------- data
+    def questions_for_step(self, step: int) -> list:
+        """A deterministic stream: epoch e visits the training set in a permutation seeded by (seed, e).
+        Stateless in `step`, so a resumed run picks up exactly the questions it would have seen."""
+        per_step = self.config.batch_size // self.config.group_size
+        examples = self.task.train_examples
+        chosen = []
+        for position in range(step * per_step, (step + 1) * per_step):
+            epoch, index = divmod(position, len(examples))
+            order = list(range(len(examples)))
+            random.Random(self.config.seed * 1_000_003 + epoch).shuffle(order)
+            chosen.append(examples[order[index]])
+        return chosen
+
+    # ----------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Greedy held-out accuracy: the fraction of evaluation questions answered right."""
+        config = self.config
+        examples = self.task.eval_examples[:config.num_eval]
+        correct = 0.0
+        with stopwatch(self.times, "eval", self.device):
+            for start in range(0, len(examples), config.eval_batch_size):
+                batch = generate(self.model, self.tokenizer, self.task, examples[start:start + config.eval_batch_size],
+                                 group_size=1, max_new_tokens=config.max_new_tokens, greedy=True)
+                correct += float(batch.rewards.sum())
+        return correct / len(examples)
+
+    # ----------------------------------------------------------------- the update
+    def update(self, batch: RolloutBatch) -> dict:
+        """Steps 2–5 of the module docstring on one rollout batch. Returns the step's metrics."""
+        config, model = self.config, self.model
+        advantages = group_advantages(batch.rewards, config.group_size, config.advantage_scale)
+        response_mask = batch.response_mask.clone()
+        if config.mask_truncated:
+            response_mask[batch.truncated.to(response_mask.device)] = False
+        rows = response_mask.any(dim=1).cpu()
+        if config.drop_uniform_groups:
+            grouped = batch.rewards.view(-1, config.group_size)
+            rows &= (grouped.max(dim=1).values > grouped.min(dim=1).values).repeat_interleave(config.group_size)
+        metrics = {"rows_in_update": int(rows.sum())}
+        if not rows.any():
+            self.totals["steps_without_signal"] += 1
+            return metrics | {"loss": None, "update_skipped": "no response left to train on"}
+
+        device = self.device
+        input_ids, attention_mask = batch.input_ids[rows].to(device), batch.attention_mask[rows].to(device)
+        response_mask, advantages = response_mask[rows].to(device), advantages[rows].to(device)
+        # Step 3: the NAT draw. Drawn once per rollout batch and reused by all μ updates.
+        selection = select_tokens(response_mask.cpu(), config.method, config.budget, self.selection_generator,
+                                  cut_distribution=config.cut_distribution).to(device)
+        logprob_options = dict(temperature=config.temperature)
+        # Step 4: with μ = 1 the only update is on-policy, log π_old = log π_θ (detached): no extra pass.
+        old_logprobs = None
+        if config.updates_per_batch > 1:
+            with torch.no_grad():
+                old_logprobs = response_logprobs(model, input_ids, attention_mask, response_mask, selection,
+                                                 **logprob_options)
+        reference_logprobs = None
+        if self.reference_model is not None:
+            with torch.no_grad():
+                reference_logprobs = response_logprobs(self.reference_model, input_ids, attention_mask,
+                                                       response_mask, selection, **logprob_options)
+
+        chunk_rows = config.update_micro_batch_rows or input_ids.shape[0]
+        chunks = [torch.arange(start, min(start + chunk_rows, input_ids.shape[0]), device=device)
+                  for start in range(0, input_ids.shape[0], chunk_rows)]
+        losses, grad_norms, activation_bytes, stats = [], [], 0, LogprobStats()
+        model.train()
+        for _ in range(config.updates_per_batch):  # Step 5
+            self.optimizer.zero_grad(set_to_none=True)
+            total_loss = 0.0
+            for chunk in chunks:
+                meter = ActivationMeter(model) if config.measure_activation_memory else None
+                with meter if meter is not None else contextlib.nullcontext():
+                    logprobs = response_logprobs(model, input_ids[chunk], attention_mask[chunk],
+                                                 response_mask[chunk], selection.rows(chunk), stats=stats,
+                                                 **logprob_options)
+                    old = logprobs.detach() if old_logprobs is None else old_logprobs[chunk]
+                    loss = policy_loss(logprobs, old, advantages[chunk], response_mask[chunk],
+                                       weights=selection.weights[chunk],
+                                       ref_logprobs=None if reference_logprobs is None else reference_logprobs[chunk],
+                                       clip_eps=config.clip_eps, clip_eps_high=config.clip_eps_high,
+                                       kl_coef=config.kl_coef, loss_agg=config.loss_agg)
+                    loss = loss * aggregation_share(response_mask[chunk], response_mask, config.loss_agg)
+                if meter is not None:
+                    activation_bytes = max(activation_bytes, meter.bytes)
+                if loss.requires_grad:
+                    loss.backward()
+                total_loss += float(loss.detach())
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm))
+            if not (math.isfinite(total_loss) and math.isfinite(grad_norm)):
+                # Numerical guard: a non-finite step would corrupt the weights; skip it and count it.
+                self.optimizer.zero_grad(set_to_none=True)
+                self.totals["skipped_steps"] += 1
+            else:
+                self.optimizer.step()
+            losses.append(total_loss)
+            grad_norms.append(grad_norm)
+
+        learning_rate = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        used = int(selection.keep.sum())
+        self.totals["response_tokens_used"] += used
+        self.totals["tokens_to_model"] += stats.tokens_to_model // config.updates_per_batch
+        return metrics | {
+            "loss": float(np.mean(losses)), "grad_norm": float(np.mean(grad_norms)),
+            "response_tokens_used": used, "kept_fraction": used / max(int(response_mask.sum()), 1),
+            "max_ht_weight": float(selection.weights.max()) if used else 0.0,
+            "tokens_to_model": stats.tokens_to_model // config.updates_per_batch,
+            "activation_bytes": activation_bytes if config.measure_activation_memory else None,
+            "learning_rate": learning_rate,
+        }
+
+    # ----------------------------------------------------------------- checkpoints
+    def trainer_state(self) -> dict:
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(self.selection_generator),
+                "totals": dict(self.totals), "times": dict(self.times),
+                "accuracy_before": self.accuracy_before, "last_accuracy": self.last_accuracy}
+
+    def save(self) -> None:
+        try:
+            ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.tokenizer, self.trainer_state())
+        except OSError as error:
+            last = ckpt.latest_checkpoint(self.run_dir)
+            raise ValueError(f"could not write a checkpoint to {self.run_dir}: {error.strerror or error}. Free disk "
+                             "space or make the folder writable, then continue with --resume "
+                             f"{self.run_dir} (last complete checkpoint: {last})." if last else
+                             f"could not write a checkpoint to {self.run_dir}: {error.strerror or error}. Free "
+                             "disk space or choose another --out.") from error
+
+    def load_state(self, checkpoint: Path) -> None:
+        state = ckpt.load_trainer_state(checkpoint)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        ckpt.restore_rng_state(state["rng"], self.selection_generator)
+        self.step = int(state["step"])
+        self.totals.update(state["totals"])
+        self.times.update(state["times"])
+        self.accuracy_before, self.last_accuracy = state["accuracy_before"], state["last_accuracy"]
+        # Drop log lines written after this checkpoint (and a torn last line): they will be redone.
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            ckpt.truncate_json_lines(self.run_dir / name, lambda record: record.get("step", 0) <= self.step)
+
+    def log(self, record: dict) -> None:
+        ckpt.append_json_line(self.run_dir / "metrics.jsonl", record)
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and value is not None:
+                    self.tensorboard.add_scalar(key, value, record["step"])
+
+    # ----------------------------------------------------------------- the loop
+    def train(self) -> dict:
+        config = self.config
+        start_time = time.perf_counter()
+        if self.accuracy_before is None:
+            self.accuracy_before = self.last_accuracy = self.evaluate()
+            self.log({"step": 0, "eval_accuracy": self.accuracy_before})
+        bar = tqdm(range(self.step, config.steps), initial=self.step, total=config.steps, disable=not self.progress,
+                   desc=f"GRPO+NAT {config.method} ρ={config.budget:g}", dynamic_ncols=True)
+        for _ in bar:
+            step_times = {}
+            with stopwatch(step_times, "rollout", self.device):
+                batch = generate(self.model, self.tokenizer, self.task, self.questions_for_step(self.step),
+                                 group_size=config.group_size, max_new_tokens=config.max_new_tokens,
+                                 temperature=config.temperature, top_p=config.top_p)
+            if bool(batch.truncated.all()):
+                tqdm.write(f"warning: every response of step {self.step + 1} hit --max-new-tokens "
+                           f"{config.max_new_tokens} without EOS; raise --max-new-tokens or check the prompt "
+                           "format" + (" (with --mask-truncated this step trains on nothing)."
+                                       if config.mask_truncated else "."))
+            with stopwatch(step_times, "update", self.device):
+                metrics = self.update(batch)
+            self.step += 1
+            generated = int(batch.response_mask.sum())
+            self.totals["response_tokens_generated"] += generated
+            for key in ("rollout", "update"):
+                self.times[key] += step_times[key]
+            record = {"step": self.step, "reward_mean": float(batch.rewards.mean()),
+                      "response_length_mean": generated / batch.response_mask.shape[0],
+                      "truncated_fraction": float(batch.truncated.float().mean()),
+                      "response_tokens_generated": generated, **metrics,
+                      "rollout_seconds": step_times["rollout"], "update_seconds": step_times["update"],
+                      "skipped_steps_total": self.totals["skipped_steps"]}
+            if (config.eval_every and self.step % config.eval_every == 0) or self.step == config.steps:
+                self.last_accuracy = record["eval_accuracy"] = self.evaluate()
+            self.log(record)
+            for completion, reward in list(zip(batch.completions, batch.rewards.tolist()))[:config.log_samples]:
+                ckpt.append_json_line(self.run_dir / "samples.jsonl",
+                                      {"step": self.step, "question": batch.examples[0].question,
+                                       "completion": completion, "reward": reward})
+            bar.set_postfix(reward=f"{record['reward_mean']:.2f}", acc=f"{self.last_accuracy:.2f}",
+                            tokens=f"{self.totals['response_tokens_used']}/{self.totals['response_tokens_generated']}")
+            if self.step % config.save_every == 0 or self.step == config.steps:
+                self.save()
+        bar.close()
+        summary = self.summary(time.perf_counter() - start_time)
+        ckpt.atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        return summary
+
+    def summary(self, wall_seconds: float) -> dict:
+        config = self.config
+        return {
+            "method": config.method, "budget": config.budget, "model": config.model, "task": config.task,
+            "seed": config.seed, "steps": self.step,
+            "accuracy_before": self.accuracy_before, "accuracy_after": self.last_accuracy,
+            "wall_seconds": {"total_this_session": wall_seconds, **{k: round(v, 3) for k, v in self.times.items()}},
+            "response_tokens_generated": self.totals["response_tokens_generated"],
+            "response_tokens_used": self.totals["response_tokens_used"],
+            "used_fraction": self.totals["response_tokens_used"] / max(self.totals["response_tokens_generated"], 1),
+            "tokens_to_model_in_updates": self.totals["tokens_to_model"],
+            "skipped_steps": self.totals["skipped_steps"],
+            "steps_without_signal": self.totals["steps_without_signal"],
+            "output_dir": str(self.run_dir),
+        }
+
+
+def print_summary(summary: dict) -> None:
+    times = summary["wall_seconds"]
+    print(f"\n{summary['method']} ρ={summary['budget']:g} on {summary['task']} ({summary['model']}), "
+          f"{summary['steps']} steps")
+    print(f"  held-out greedy accuracy: {summary['accuracy_before']:.1%} -> {summary['accuracy_after']:.1%} "
+          f"({(summary['accuracy_after'] - summary['accuracy_before']) * 100:+.1f} points)")
+    print(f"  response tokens used in updates: {summary['response_tokens_used']} of "
+          f"{summary['response_tokens_generated']} generated ({summary['used_fraction']:.0%})")
+    print(f"  time: rollout {times['rollout']:.0f}s, update {times['update']:.0f}s, eval {times['eval']:.0f}s")
+    if summary["skipped_steps"]:
+        print(f"  skipped non-finite steps: {summary['skipped_steps']}")
+    print(f"  outputs: {summary['output_dir']} (summary.json, metrics.jsonl, checkpoints/)")
+
+
+def main(argv=None) -> int:
+    try:
+        config = parse_args(argv)
+        summary = Trainer(config).train()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
