@@ -55,7 +55,7 @@ class MicroBatch:
 
 
 def plan_micro_batches(starts: torch.Tensor, ends: torch.Tensor, *, max_rows: int | None = None,
-                       padding_tolerance: float = 0.25) -> list[MicroBatch]:
+                       padding_tolerance: float = 0.1) -> list[MicroBatch]:
     """Group rows that need columns [start_b, end_b) into micro-batches with little padding.
 
     Rows are sorted by needed length (longest first). A micro-batch grows while its padded
@@ -146,7 +146,7 @@ def _check_inputs(input_ids, attention_mask, response_mask, selection):
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       response_mask: torch.Tensor, selection: Selection | None = None, *,
                       temperature: float = 1.0, max_rows_per_micro_batch: int | None = None,
-                      padding_tolerance: float = 0.25, head_chunk_size: int = 1024,
+                      padding_tolerance: float = 0.1, head_chunk_size: int = 1024,
                       stats: LogprobStats | None = None) -> torch.Tensor:
     """log π_θ(o_t | q, o_<t) at the response tokens the selection keeps -> float [B, T].
 

@@ -405,7 +405,8 @@ class Trainer:
                     self.tensorboard.add_scalar(key, value, record["step"])
 
     # ----------------------------------------------------------------- the loop
-    def train(self) -> dict:
+    def train(self, on_step=None, should_stop=None) -> dict:
+        """Run until config.steps (or until should_stop() returns True); on_step(record) after each step."""
         config = self.config
         start_time = time.perf_counter()
         if self.accuracy_before is None:
@@ -446,8 +447,13 @@ class Trainer:
                                        "completion": completion, "reward": reward})
             bar.set_postfix(reward=f"{record['reward_mean']:.2f}", acc=f"{self.last_accuracy:.2f}",
                             tokens=f"{self.totals['response_tokens_used']}/{self.totals['response_tokens_generated']}")
-            if self.step % config.save_every == 0 or self.step == config.steps:
+            stopping = should_stop is not None and should_stop()
+            if self.step % config.save_every == 0 or self.step == config.steps or stopping:
                 self.save()
+            if on_step is not None:
+                on_step(record)
+            if stopping:
+                break
         bar.close()
         summary = self.summary(time.perf_counter() - start_time)
         ckpt.atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
