@@ -14,6 +14,8 @@ Qwen3-0.6B…8B *architectures* with random weights — no download needed.
 """
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import torch
@@ -83,6 +85,27 @@ def check_checkpoint_folder(folder: Path) -> None:
                          "downloaded Hugging Face model), or use --model embedded.")
 
 
+def in_local_cache(hub_id: str) -> bool:
+    """True when the hub id's config is already in the local Hugging Face cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 — a malformed id is simply "not cached"
+        return False
+
+
+def hub_reachable(timeout_seconds: float = 3.0) -> bool:
+    """One quick TCP connection to the hub, so that an offline machine fails in seconds, not after retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host, 443), timeout=timeout_seconds).close()
+        return True
+    except OSError:
+        return False
+
+
 def load_tokenizer(name_or_path: str):
     location = model_location(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
@@ -106,6 +129,11 @@ def load_model(name_or_path: str = EMBEDDED_MODEL, *, dtype: str | torch.dtype =
     elif location.startswith((".", "/", "~")) or location.count("/") > 1:  # a path, not an "org/name" id
         raise ValueError(f"the model folder {location!r} does not exist. Pass an existing folder, a hub id "
                          "such as Qwen/Qwen3-0.6B, or --model embedded.")
+    if not is_folder and not in_local_cache(location) and not hub_reachable():
+        raise ValueError(f"could not load {location!r}: it is not a local folder, it is not in the local Hugging Face "
+                         "cache, and the hub is unreachable (this machine is offline). Download it where there is "
+                         f"internet (`huggingface-cli download {location}`) and pass the folder, or use the "
+                         "embedded default `--model embedded`, which needs no network.")
     try:
         config = AutoConfig.from_pretrained(location, trust_remote_code=False)
         tokenizer = load_tokenizer(name_or_path)
