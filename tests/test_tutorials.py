@@ -1,0 +1,68 @@
+"""The tutorials are part of the test suite: each notebook must run top to bottom, offline, on a CPU.
+
+Each `tutorials/NN_*.ipynb` is executed with nbclient (kernel "python3", working directory
+tutorials/, as when a reader opens it in Jupyter). A cell that raises — including the
+notebooks' own `assert` cells, which state the tutorial's claims — fails the test. The
+jupytext percent script `tutorials/NN_*.py` is the source people edit; the .ipynb must hold
+the same cells (regenerate it with `jupytext --sync tutorials/NN_*.py`).
+
+Set MINNAT_SKIP_TUTORIALS=1 to skip the (slow) execution tests locally; the sync checks still run.
+"""
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+jupytext = pytest.importorskip("jupytext")
+
+TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
+NOTEBOOKS = sorted(TUTORIALS.glob("[0-9][0-9]_*.ipynb"))
+SCRIPTS = sorted(TUTORIALS.glob("[0-9][0-9]_*.py"))
+EXPECTED = ["01_horvitz_thompson"]
+CELL_TIMEOUT_SECONDS = 300      # no single cell should come anywhere near this
+NOTEBOOK_TIMEOUT_SECONDS = 600  # the whole notebook; they aim for < 90 s on 2 CPU cores
+MAX_NOTEBOOK_BYTES = 300_000
+
+
+def cells(notebook):
+    """(cell type, source) of every non-empty cell: what "in sync" compares."""
+    return [(cell.cell_type, cell.source.strip()) for cell in notebook.cells if cell.source.strip()]
+
+
+def test_tutorials_exist_in_pairs():
+    assert [p.stem for p in NOTEBOOKS] == EXPECTED, f"expected the tutorials {EXPECTED} in {TUTORIALS}"
+    assert [p.stem for p in NOTEBOOKS] == [p.stem for p in SCRIPTS], \
+        "every tutorial needs both its .py (source) and its .ipynb (generated with jupytext)"
+
+
+@pytest.mark.parametrize("notebook_path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_in_sync_with_script(notebook_path):
+    script = jupytext.read(notebook_path.with_suffix(".py"))
+    notebook = nbformat.read(notebook_path, as_version=4)
+    assert cells(notebook) == cells(script), (
+        f"{notebook_path.name} is out of sync with {notebook_path.with_suffix('.py').name}; "
+        f"run `jupytext --sync {notebook_path.with_suffix('.py')}` and commit both.")
+    assert notebook.metadata.get("kernelspec", {}).get("name") == "python3"
+    assert notebook_path.stat().st_size < MAX_NOTEBOOK_BYTES, f"{notebook_path.name} is too large; strip outputs"
+
+
+@pytest.mark.skipif(os.environ.get("MINNAT_SKIP_TUTORIALS") == "1", reason="MINNAT_SKIP_TUTORIALS=1")
+@pytest.mark.timeout(NOTEBOOK_TIMEOUT_SECONDS + 60)
+@pytest.mark.parametrize("notebook_path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs(notebook_path):
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    notebook = nbformat.read(notebook_path, as_version=4)
+    client = NotebookClient(notebook, timeout=CELL_TIMEOUT_SECONDS, kernel_name="python3",
+                            resources={"metadata": {"path": str(TUTORIALS)}})
+    start = time.perf_counter()
+    try:
+        client.execute()
+    except CellExecutionError as error:
+        pytest.fail(f"{notebook_path.name}: a cell failed\n{error}", pytrace=False)
+    elapsed = time.perf_counter() - start
+    print(f"{notebook_path.name}: {elapsed:.1f} s")
+    assert elapsed < NOTEBOOK_TIMEOUT_SECONDS, f"{notebook_path.name} took {elapsed:.0f} s"
