@@ -1,0 +1,129 @@
+"""Diagnostics: NAT gradients average to the full gradient at the 1/√K rate; HT weights average to 1."""
+import math
+
+import pytest
+import torch
+
+from conftest import make_batch
+from minnat.diagnostics import (GradientAgreement, gradient_agreement, ht_weight_curves, log_log_slope,
+                                policy_gradient)
+from minnat.nat import RPC_CUT_DISTRIBUTIONS
+
+NUM_DRAWS = 48
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices: one thread is fastest, and it does not fight other jobs for the cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """Eight responses of different lengths with mixed-sign advantages (as after group standardisation)."""
+    input_ids, attention_mask, response_mask = make_batch(prompt_lengths=[5, 3, 4, 6, 2, 4, 3, 5],
+                                                          response_lengths=[20, 15, 30, 8, 25, 12, 18, 22])
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 1.2, -0.3, 0.7, -1.6], dtype=torch.float64)
+    return input_ids, attention_mask, response_mask, advantages
+
+
+def test_full_method_agrees_exactly(tiny_model, batch):
+    result = gradient_agreement(tiny_model, *batch, method="full", budget=1.0, num_draws=3)
+    assert isinstance(result, GradientAgreement)
+    assert result.draws == [1, 2, 3]
+    assert max(result.relative_error) < 1e-12
+    assert result.per_draw_variance < 1e-20
+    assert min(result.cosine) == pytest.approx(1.0, abs=1e-12)
+    assert result.kept_fraction == 1.0
+    assert result.full_gradient_norm > 0
+
+
+@pytest.mark.parametrize("method,budget", [("urs", 0.5), ("rpc", 0.5)])
+def test_nat_average_approaches_full_gradient_like_one_over_root_k(tiny_model, batch, method, budget):
+    result = gradient_agreement(tiny_model, *batch, method=method, budget=budget, num_draws=NUM_DRAWS, seed=1)
+    errors = result.relative_error
+    assert len(errors) == NUM_DRAWS and all(math.isfinite(e) for e in errors)
+    # A single draw is far from g_full; the average of N draws is much closer...
+    assert errors[-1] < errors[0] / 3
+    assert result.cosine[-1] > 0.95 > result.cosine[0] - 0.05
+    # ...at the rate of unbiased averaging, E‖ḡ_K − g‖² = V/K: slope −1/2 on log-log axes,
+    slope = log_log_slope(result.draws, errors)
+    assert -0.8 < slope < -0.3, slope
+    # and the error at K = N is close to √(V/N), with V estimated from the single draws.
+    predicted = result.predicted_relative_error(NUM_DRAWS)
+    assert 0.4 * predicted < errors[-1] < 2.0 * predicted
+    assert result.kept_fraction == pytest.approx(budget, abs=0.06)
+    assert result.per_draw_variance > 0.1  # fewer tokens cost variance
+
+
+def test_smaller_budget_costs_more_variance(tiny_model, batch):
+    full = policy_gradient(tiny_model, *batch)
+    variances = [gradient_agreement(tiny_model, *batch, method="urs", budget=budget, num_draws=24, seed=2,
+                                    full_gradient=full).per_draw_variance for budget in (0.25, 0.5, 0.9)]
+    assert variances[0] > variances[1] > variances[2] > 0
+    # URS keeps tokens independently, so V ∝ (1 − ρ)/ρ roughly: ρ = 0.25 vs 0.9 is a factor ~27.
+    assert variances[0] / variances[2] > 5
+
+
+def test_model_gradients_are_left_untouched(tiny_model, batch):
+    for parameter in tiny_model.parameters():
+        parameter.grad = None
+    gradient_agreement(tiny_model, *batch, method="rpc", budget=0.5, num_draws=2)
+    assert all(parameter.grad is None for parameter in tiny_model.parameters())
+
+
+def test_stop_early_and_progress_callback(tiny_model, batch):
+    seen = []
+    result = gradient_agreement(tiny_model, *batch, method="urs", budget=0.5, num_draws=10,
+                                on_draw=lambda k, g: seen.append(k), should_stop=lambda: len(seen) >= 3)
+    assert seen == [1, 2, 3]
+    assert result.num_draws == 3 and len(result.relative_error) == 3
+
+
+def test_zero_gradient_and_bad_input_are_clear_errors(tiny_model, batch):
+    input_ids, attention_mask, response_mask, advantages = batch
+    with pytest.raises(ValueError, match="gradient of this batch is zero"):
+        gradient_agreement(tiny_model, input_ids, attention_mask, response_mask, torch.zeros_like(advantages))
+    with pytest.raises(ValueError, match=r"budget ρ must be in \(0, 1\]"):
+        gradient_agreement(tiny_model, *batch, method="urs", budget=1.5)
+    with pytest.raises(ValueError, match="num_draws must be a whole number"):
+        gradient_agreement(tiny_model, *batch, method="urs", budget=0.5, num_draws=0)
+    with pytest.raises(ValueError, match="unknown NAT method"):
+        gradient_agreement(tiny_model, *batch, method="topk", budget=0.5)
+
+
+@pytest.mark.parametrize("method,cut_distribution,budget", [("urs", "uniform-floor", 0.3)] + [
+    ("rpc", distribution, budget) for distribution in RPC_CUT_DISTRIBUTIONS for budget in (0.25, 0.5, 0.8)])
+def test_mean_weight_sits_at_one(method, cut_distribution, budget):
+    draws, length = 4000, 40
+    curves = ht_weight_curves(length, budget, method, cut_distribution, num_draws=draws, seed=3)
+    assert curves.positions.tolist() == list(range(1, length + 1))
+    assert torch.equal(curves.weight, 1.0 / curves.inclusion_prob)
+    assert curves.inclusion_prob[0] == pytest.approx(1.0 if method == "rpc" else budget)
+    # Each position's mean weight is an average of N draws of keep/π with variance (1 − π)/π, so it
+    # lies within a few standard errors √((1 − π)/(πN)) of 1 (5σ over 40 positions: failure odds ~1e-5).
+    deviation = (curves.mean_weight - 1.0).abs()
+    assert bool((deviation <= 5 * curves.standard_error + 1e-12).all()), deviation.max()
+    # Positions kept often are pinned down tightly: the bound derived from N is not vacuous.
+    well_sampled = curves.inclusion_prob > 0.2
+    assert bool((deviation[well_sampled] < 5 * math.sqrt(4 / draws)).all())
+    # Budget: URS keeps ρL on average, RPC within one token of it.
+    assert curves.expected_kept_tokens == pytest.approx(budget * length, abs=1.0 + 1e-9)
+    assert curves.kept_fraction == pytest.approx(curves.expected_kept_tokens / length, abs=0.02)
+    if method == "rpc":
+        assert bool((curves.inclusion_prob[1:] <= curves.inclusion_prob[:-1] + 1e-12).all())
+
+
+def test_full_weights_are_exactly_one_and_bad_input_is_explained():
+    curves = ht_weight_curves(10, 1.0, "full", num_draws=5)
+    assert torch.equal(curves.mean_weight, torch.ones(10, dtype=torch.float64))
+    assert torch.equal(curves.standard_error, torch.zeros(10, dtype=torch.float64))
+    with pytest.raises(ValueError, match="length must be a whole number"):
+        ht_weight_curves(0, 0.5)
+    with pytest.raises(ValueError, match="budget ρ must be in"):
+        ht_weight_curves(10, 0.0)
+    with pytest.raises(ValueError, match="num_draws must be a whole number"):
+        ht_weight_curves(10, 0.5, num_draws=-3)
