@@ -1,0 +1,113 @@
+"""Screenshots of the four views of the NAT explorer, taken with headless Chromium.
+
+    python scripts/screenshots.py                     # embedded model -> docs/images/app_*.png
+    python scripts/screenshots.py --model runs/x/checkpoints/step-000060 --out /tmp/shots
+
+Starts the app on a free localhost port in this process, opens it in Chromium (Debian's
+/usr/bin/chromium through Playwright; no network needed), runs each view once with its
+default settings (live training with a few steps) and saves one PNG per view.
+"""
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def open_browser(playwright):
+    if not Path(CHROMIUM).exists():
+        raise SystemExit(f"Chromium is not at {CHROMIUM}; install it with `apt-get install chromium`.")
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+    page.wait_for_timeout(400)
+
+
+def wait_for_text(page, selector: str, text: str, timeout_s: float) -> None:
+    page.locator(selector).filter(has_text=text).first.wait_for(state="visible", timeout=timeout_s * 1000)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="embedded", help="model for the app (default: embedded)")
+    parser.add_argument("--out", default=str(REPO_ROOT / "docs" / "images"), help="folder for the PNG files")
+    parser.add_argument("--live-steps", type=int, default=12, help="GRPO steps per method in the live view")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args(argv)
+
+    import torch
+    from playwright.sync_api import sync_playwright
+
+    import app
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    demo = app.build_app(args.model)
+    app.launch(demo, port=port, block=False, quiet=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        with sync_playwright() as playwright:
+            browser = open_browser(playwright)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000}, device_scale_factor=1)
+            page.goto(url)
+            # Tokens: the page samples a group on load; click to show the button works, then capture.
+            wait_for_text(page, "#nat-tokens", "response 1", 120)
+            page.get_by_role("button", name="Sample responses").click()
+            page.wait_for_timeout(500)
+            wait_for_text(page, "#nat-tokens", "response 1", 120)
+            page.wait_for_timeout(800)
+            page.screenshot(path=str(out / "app_tokens.png"), full_page=True)
+            print("wrote", out / "app_tokens.png")
+
+            open_tab(page, "HT weights")
+            page.get_by_role("button", name="Plot").click()
+            wait_for_text(page, "#nat-weights-table", "uniform-floor", 60)
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(out / "app_ht_weights.png"), full_page=True)
+            print("wrote", out / "app_ht_weights.png")
+
+            open_tab(page, "Gradient agreement")
+            page.get_by_role("button", name="Compute").click()
+            wait_for_text(page, "#nat-agreement-table", "RPC ρ=0.5", 600)
+            page.wait_for_timeout(2500)
+            page.screenshot(path=str(out / "app_gradient_agreement.png"), full_page=True)
+            print("wrote", out / "app_gradient_agreement.png")
+
+            open_tab(page, "Live training")
+            steps = page.get_by_label("steps", exact=True)
+            steps.fill(str(args.live_steps))
+            steps.press("Enter")
+            page.get_by_role("button", name="Start").click()
+            started = time.time()
+            wait_for_text(page, "#nat-live-status", "Done (", 1800)
+            print(f"live training took {time.time() - started:.0f} s")
+            page.wait_for_timeout(2500)
+            page.screenshot(path=str(out / "app_live_training.png"), full_page=True)
+            print("wrote", out / "app_live_training.png")
+            browser.close()
+    finally:
+        demo.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
