@@ -1,0 +1,900 @@
+"""What NAT saves, measured side by side: `python -m minnat.bench`.
+
+NAT's promise is cost: a policy update that trains on a fraction ρ of the response tokens
+should cost less than the full-token update. This module measures how much less, for full
+GRPO, URS and RPC, on the *same* batch and the *same* selection draws, so that every ratio
+is a paired comparison.
+
+Mode "update" (default) times the policy-update step alone — no rollout:
+
+    logprobs = response_logprobs(model, batch, selection)        (minnat.logprobs)
+    loss     = policy_loss(logprobs, logprobs.detach(), Â, mask,   (minnat.grpo, on-policy μ = 1)
+                           weights = keep/π)
+    loss.backward()
+
+and reports, for each method, budget ρ and response length T:
+
+    time_seconds        wall time of forward + backward; repeats interleaved across methods
+                        (median over repeats, averaged over selection draws)
+    flops               FLOPs executed by forward + backward (torch.utils.flop_counter.FlopCounterMode;
+                        the LM head's recomputation in backward included — it really runs)
+    activation_bytes    bytes of tensors saved for backward (minnat.measure.ActivationMeter); with
+                        --gradient-checkpointing that is each checkpointed layer's input, which the
+                        checkpoint saves through the same hooks (the transient recomputation is not)
+    peak_memory_bytes   torch.cuda.max_memory_allocated during the step (CUDA only; weights and
+                        gradients included, as a GPU user sees it); peak_step_memory_bytes is the
+                        part above what was allocated when the step began (the weights)
+    tokens_to_model     rows × columns given to the transformer, padding included (LogprobStats)
+    response_tokens_used  response tokens that enter the loss (kept tokens)
+
+each also as a ratio to full on the same batch: time_ratio, flops_ratio, activation_ratio,
+peak_memory_ratio (and tokens_to_model_ratio, peak_step_memory_ratio). RPC's cost is random
+(it depends on where the cuts fall), so every point averages `--draws` selection draws: the
+expected cost is what a training run pays. A few independent draws of a few cuts are a noisy
+estimate of it (±12% of the kept tokens at ρ = 0.5 with 3 × 8 cuts), so by default the cut
+levels of a point's draws are stratified (`stratified_rpc_selections`): each cut still has
+exactly RPC's law, but together they keep ρ of the tokens to about ±1%.
+
+The batch: B responses of a fixed prompt length P and ragged lengths L_b ~ Uniform{⌈T/2⌉..T}
+(random token ids, right-padded, random advantages), drawn from a seed that depends only on
+(seed, T): every method and every budget at one T sees byte-for-byte the same tensors, and
+each row of bench.json carries a fingerprint of them to prove it.
+
+What to expect. With Σ_b L_b response tokens and prompts of P tokens, RPC gives the model
+P + C_b − 1 tokens per row with E[C_b] ≈ ρ·L_b, so its token ratio is about
+
+    (P + ρ·L) / (P + L)        (= P/(P+L) + ρ·L/(P+L))
+
+— the prompt is never cut, so short prompts (response-dominated RL workloads) show the most.
+Attention costs grow like length², so RPC's FLOP ratio is a little below its token ratio;
+the LM head runs only at kept positions, ratio ρ exactly. URS gives the transformer every
+token (a kept token late in the response needs all the columns before it) and saves only the
+LM head and log-softmax on dropped positions: a visible saving only with a large vocabulary
+(Qwen's 151,936), which `--vocab-size` lets the tiny body show on CPU.
+
+Padding, honestly. `response_logprobs` groups RPC's rows into micro-batches of similar length
+(padding ≤ `--padding-tolerance`), while for full and URS it makes one padded pass over the
+whole batch. A benchmark that kept that asymmetry would credit RPC with removing padding that
+full could have removed too. So by default (`--baseline bucketed`) full and URS run over the
+same length buckets (`plan_micro_batches`, same tolerance), one `response_logprobs` call per
+bucket, all buckets' losses summed before one backward — the same grouping RPC gets, so RPC at
+ρ = 1 costs exactly what full costs. `--baseline padded` measures full and URS the way
+`minnat.train` runs them today (one padded pass).
+
+Mode "step" times whole training steps (rollout + update) of `minnat.train.Trainer` on the
+embedded model, so one sees what share of a step's wall time NAT can touch at all.
+
+Outputs in --out: bench.json (list of rows), bench.md (table), bench.png (ratios vs budget
+and vs response length); step mode writes step.json and step.md.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils import flop_counter
+from torch.utils.flop_counter import FlopCounterMode
+
+from minnat.assets import TINY_QWEN3_DIR
+from minnat.grpo import aggregation_share, policy_loss
+from minnat.logprobs import LogprobStats, plan_micro_batches, response_logprobs
+from minnat.measure import ActivationMeter, stopwatch, synchronize
+from minnat.models import PRESETS, preset_config, resolve_device, resolve_dtype
+from minnat.nat import (RPC_CUT_DISTRIBUTIONS, Selection, check_budget, check_response_mask,
+                        rpc_cut_fraction_parameters, rpc_inclusion_probabilities, select_tokens,
+                        selection_from_keep)
+
+# The paper's headline (arXiv 2603.06619): RPC at about half the response tokens, Qwen3-8B, on GPU.
+PAPER = {"model": "Qwen3-8B", "budget": 0.5, "time_ratio": 0.71, "peak_memory_ratio": 0.82}
+# What this benchmark is expected to show for RPC at ρ = 0.5 on a response-dominated batch (issue 4).
+RPC_TARGETS = {"flops_ratio": 0.55, "activation_ratio": 0.55, "time_ratio": 0.60}
+BASELINES = ("bucketed", "padded")
+CUT_SAMPLINGS = ("stratified", "independent")
+# Each ratio and the field it divides by full's on the same batch.
+RATIOS = {"time_ratio": "time_seconds", "flops_ratio": "flops", "activation_ratio": "activation_bytes",
+          "peak_memory_ratio": "peak_memory_bytes", "peak_step_memory_ratio": "peak_step_memory_bytes",
+          "tokens_to_model_ratio": "tokens_to_model"}
+
+
+# ----------------------------------------------------------------------------- FLOP counting on CPU
+def register_cpu_attention_flops() -> None:
+    """Teach FlopCounterMode the CPU flash-attention kernels SDPA dispatches to on CPU.
+
+    torch counts `_scaled_dot_product_{flash,efficient,cudnn}_attention` (the CUDA kernels) but
+    not `_scaled_dot_product_flash_attention_for_cpu`, so on CPU attention would count 0 FLOPs
+    and RPC's quadratic saving would be invisible. We register torch's own SDPA formulas
+    (2 matmuls forward: Q·Kᵀ and P·V; the causal mask is not discounted, as for CUDA).
+    """
+    aten = torch.ops.aten
+    forward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    backward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if forward is not None and forward not in flop_counter.flop_registry:
+        @flop_counter.register_flop_formula(forward)
+        def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+            return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+    if backward is not None and backward not in flop_counter.flop_registry:
+        @flop_counter.register_flop_formula(backward)
+        def _cpu_sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args,
+                                     out_shape=None, **kwargs) -> int:
+            return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+register_cpu_attention_flops()
+
+
+# ----------------------------------------------------------------------------- the model
+# The embedded model's architecture (scripts/make_tiny_model.py: MODEL_SHAPE, 100 characters), used
+# only while minnat/assets/tiny-qwen3/ has not been built.
+TINY_FALLBACK = dict(vocab_size=100, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=True,
+                     max_position_embeddings=256)
+
+
+def bench_config(preset: str, vocab_size: int | None = None):
+    """The preset's Qwen3Config, optionally with another vocabulary size (e.g. Qwen's 151,936)."""
+    if preset == "tiny" and not (TINY_QWEN3_DIR / "config.json").is_file():
+        from transformers import Qwen3Config
+        print(f"note: {TINY_QWEN3_DIR} is missing; using an equivalent small Qwen3 architecture "
+              "(run scripts/make_tiny_model.py to build the embedded model).", file=sys.stderr)
+        config = Qwen3Config(**TINY_FALLBACK)
+    else:
+        config = preset_config(preset)
+    if vocab_size is not None:
+        if vocab_size < 2:
+            raise ValueError(f"--vocab-size must be at least 2; got {vocab_size}.")
+        config.vocab_size = vocab_size
+    return config
+
+
+def build_model(preset: str, *, vocab_size: int | None, dtype: torch.dtype, device: str,
+                gradient_checkpointing: bool, seed: int = 0):
+    """A Qwen3ForCausalLM of the preset's architecture with random weights, built on `device`.
+
+    Like `minnat.models.build_preset_model`, plus the vocabulary override. Random weights are
+    fine: the cost of a forward/backward pass does not depend on the weights' values.
+    """
+    from transformers import Qwen3ForCausalLM
+
+    config = bench_config(preset, vocab_size)
+    config._attn_implementation = "sdpa"
+    config.use_cache = False
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Qwen3ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    if gradient_checkpointing:
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:  # older transformers
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model.train()
+
+
+# ----------------------------------------------------------------------------- the batch
+@dataclass
+class BenchBatch:
+    """One synthetic rollout batch in `generate`'s layout (see minnat.rollout).
+
+    input_ids       long  [B, P + T]  random prompt ids, then the right-padded response (pad id 0)
+    attention_mask  long  [B, P + T]  1 on the prompt and on the L_b response tokens
+    response_mask   bool  [B, T]      the first L_b columns of row b
+    advantages      float [B]         random Â_i (a standard normal: GRPO advantages are standardised)
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+    advantages: torch.Tensor
+    prompt_length: int
+    response_length: int
+    seed: int
+
+    def to(self, device) -> "BenchBatch":
+        return BenchBatch(self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device),
+                          self.advantages.to(device), self.prompt_length, self.response_length, self.seed)
+
+    def rows(self, index: torch.Tensor) -> "BenchBatch":
+        return BenchBatch(self.input_ids[index], self.attention_mask[index], self.response_mask[index],
+                          self.advantages[index], self.prompt_length, self.response_length, self.seed)
+
+    def fingerprint(self) -> str:
+        """sha256 (first 16 hex digits) of every tensor's bytes: equal fingerprints = the same batch."""
+        return tensor_fingerprint(self.input_ids, self.attention_mask, self.response_mask, self.advantages)
+
+
+def tensor_fingerprint(*tensors: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def batch_seed(seed: int, response_length: int) -> int:
+    """The batch at response length T depends only on (seed, T) — never on method or budget."""
+    return seed * 1_000_003 + response_length
+
+
+def make_batch(batch_size: int, prompt_length: int, response_length: int, vocab_size: int,
+               seed: int, shortest_fraction: float = 0.5) -> BenchBatch:
+    """A batch of `batch_size` responses with L_b ~ Uniform{⌈shortest_fraction·T⌉, …, T}."""
+    if batch_size < 1 or prompt_length < 1 or response_length < 1:
+        raise ValueError(f"batch size, prompt length and response length must be at least 1; got "
+                         f"{batch_size}, {prompt_length}, {response_length}.")
+    generator = torch.Generator().manual_seed(seed)
+    shortest = max(1, math.ceil(shortest_fraction * response_length))
+    lengths = torch.randint(shortest, response_length + 1, (batch_size,), generator=generator)
+    total = prompt_length + response_length
+    input_ids = torch.randint(1, max(vocab_size, 2), (batch_size, total), generator=generator)
+    response_mask = torch.arange(response_length).unsqueeze(0) < lengths.unsqueeze(1)
+    attention_mask = torch.cat([torch.ones(batch_size, prompt_length, dtype=torch.long),
+                                response_mask.long()], dim=1)
+    input_ids = input_ids * attention_mask  # pad id 0 after each response
+    advantages = torch.randn(batch_size, generator=generator)
+    return BenchBatch(input_ids, attention_mask, response_mask, advantages, prompt_length, response_length, seed)
+
+
+def selection_seed(seed: int, draw: int) -> int:
+    """Draw d uses the same seed at every budget and response length (common random numbers)."""
+    return seed * 7919 + 104_729 * (draw + 1)
+
+
+def draw_selection(batch: BenchBatch, method: str, budget: float, seed: int,
+                   cut_distribution: str = "uniform-floor") -> Selection:
+    """One NAT draw over the batch's responses with `select_tokens` (on CPU: the same on every device)."""
+    generator = torch.Generator().manual_seed(seed)
+    return select_tokens(batch.response_mask.cpu(), method, budget if method != "full" else 1.0, generator,
+                         cut_distribution=cut_distribution)
+
+
+def rpc_cut_fraction_quantile(p: torch.Tensor, budget: float, cut_distribution: str) -> torch.Tensor:
+    """F⁻¹(p): the cut fraction U at probability level p ∈ [0, 1) (float64), for both RPC families.
+
+    "uniform-floor": U = w·p/(1 − α) for p < 1 − α, else U = 1 (keep everything; mass α).
+    "power":         S(u) = (1 − u)^k  ⇒  U = 1 − (1 − p)^{1/k}  (U = 1 when k = 0, i.e. ρ = 1).
+    With p uniform this is exactly the U of `minnat.nat.sample_rpc_cut_fraction`.
+    """
+    if cut_distribution == "uniform-floor":
+        keep_all, width = rpc_cut_fraction_parameters(budget)
+        if keep_all >= 1.0:
+            return torch.ones_like(p)
+        return torch.where(p < 1.0 - keep_all, width * p / (1.0 - keep_all), torch.ones_like(p))
+    if cut_distribution == "power":
+        exponent = (1.0 - budget) / budget
+        return torch.ones_like(p) if exponent == 0.0 else 1.0 - (1.0 - p) ** (1.0 / exponent)
+    raise ValueError(f"unknown RPC cut distribution {cut_distribution!r}; choose one of {RPC_CUT_DISTRIBUTIONS}.")
+
+
+def stratified_rpc_selections(batch: BenchBatch, budget: float, draws: int, seed: int,
+                              cut_distribution: str = "uniform-floor") -> list[Selection]:
+    """`draws` RPC selections whose D·B cut levels are stratified, so that their average is balanced.
+
+    RPC's cost is random: three independent draws of eight cuts can keep 0.45 or 0.55 of the
+    tokens at ρ = 0.5 (and 0.20 at ρ = 0.25), which would flatter or wrong RPC by as much. Each
+    cut is C = ⌈F⁻¹(p)·L⌉ with a probability level p, and here the D × B levels are laid out in
+    two nested strata (a Latin-hypercube-style design):
+
+        p_{d,b} = (σ_b(d) + (τ_{σ_b(d)}(b) + V_{d,b}) / B) / D
+
+    σ_b a random permutation of the D draws (row b gets one level in each 1/D-wide stratum),
+    τ_k a random permutation of the B rows (within stratum k the rows take the B sub-strata),
+    V uniform. Every p_{d,b} is still exactly Uniform[0, 1), so each row's cut has exactly
+    RPC's law and π_t — hence the HT weights — are the real ones; only the joint draw is
+    balanced. At ρ = 0.5 the kept total of 3 draws × 8 rows then varies by ~1% instead of ~12%.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    mask = batch.response_mask.cpu()
+    lengths = check_response_mask(mask)
+    rows, columns = mask.shape
+    stratum = torch.stack([torch.randperm(draws, generator=generator) for _ in range(rows)], dim=1)  # σ: [D, B]
+    sub_strata = torch.stack([torch.randperm(rows, generator=generator) for _ in range(draws)])    # τ: [D, B]
+    sub_stratum = sub_strata.gather(0, stratum)  # τ_{σ_b(d)}(b)
+    jitter = torch.rand(draws, rows, generator=generator, dtype=torch.float64)
+    levels = (stratum.double() + (sub_stratum.double() + jitter) / rows) / draws
+    inclusion_prob = rpc_inclusion_probabilities(lengths, columns, budget, cut_distribution)
+    selections = []
+    for draw in range(draws):
+        fractions = rpc_cut_fraction_quantile(levels[draw], budget, cut_distribution)
+        cuts = torch.minimum(torch.ceil(fractions * lengths.to(torch.float64)).long().clamp(min=1), lengths)
+        keep = torch.arange(columns).unsqueeze(0) < cuts.unsqueeze(1)
+        selections.append(selection_from_keep(keep, inclusion_prob, "rpc", budget, cut_distribution))
+    return selections
+
+
+# ----------------------------------------------------------------------------- one policy update
+def length_buckets(batch: BenchBatch, keep: torch.Tensor, padding_tolerance: float) -> list[torch.Tensor]:
+    """Rows grouped by the columns they need, exactly as `response_logprobs` groups RPC's rows.
+
+    Row b needs columns [0, P + last_kept_b − 1) (the prompt has no left padding here), so the
+    groups come from `plan_micro_batches` with the same starts, ends and tolerance.
+    """
+    columns = torch.arange(keep.shape[1], device=keep.device)
+    last_kept_plus_one = torch.where(keep, columns + 1, torch.zeros_like(columns)).amax(dim=1)
+    ends = torch.where(last_kept_plus_one > 0, batch.prompt_length + last_kept_plus_one - 1,
+                       torch.zeros_like(last_kept_plus_one))
+    first_real = batch.attention_mask.long().argmax(dim=1).to(keep.device)
+    starts = torch.minimum(first_real, ends)
+    return [micro.rows for micro in plan_micro_batches(starts.cpu(), ends.cpu(), padding_tolerance=padding_tolerance)]
+
+
+def policy_update_loss(model, batch: BenchBatch, selection: Selection, *, baseline: str = "bucketed",
+                       padding_tolerance: float = 0.1, stats: LogprobStats | None = None,
+                       loss_agg: str = "seq-mean-token-mean") -> torch.Tensor:
+    """The forward half of one on-policy GRPO update (μ = 1, old log-probs = detached current ones).
+
+    RPC: one `response_logprobs` call, which micro-batches the cut rows itself.
+    full and URS: with baseline "bucketed", one call per length bucket (see `length_buckets`),
+    each bucket's loss scaled by its `aggregation_share` so that the sum is exactly the batch's
+    loss; with "padded", one call over the whole batch, as `minnat.train` does.
+    Returns the scalar loss; the caller runs backward.
+    """
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; choose one of {BASELINES}.")
+    if selection.method == "rpc" or baseline == "padded":
+        groups = [None]  # the whole batch in one call
+    else:
+        groups = length_buckets(batch, selection.keep, padding_tolerance)
+    total = None
+    for rows in groups:
+        part, part_selection = (batch, selection) if rows is None else \
+            (batch.rows(rows.to(batch.input_ids.device)), selection.rows(rows.to(selection.keep.device)))
+        logprobs = response_logprobs(model, part.input_ids, part.attention_mask, part.response_mask,
+                                     part_selection, padding_tolerance=padding_tolerance, stats=stats)
+        loss = policy_loss(logprobs, logprobs.detach(), part.advantages, part.response_mask,
+                           weights=part_selection.weights.to(logprobs.dtype), loss_agg=loss_agg)
+        loss = loss * aggregation_share(part.response_mask, batch.response_mask, loss_agg)
+        total = loss if total is None else total + loss
+    return total
+
+
+def zero_gradients(model) -> None:
+    for parameter in model.parameters():
+        parameter.grad = None
+
+
+def count_step(model, batch: BenchBatch, selection: Selection, **options) -> dict:
+    """FLOPs, bytes saved for backward and what the model was given, for one forward + backward."""
+    zero_gradients(model)
+    stats = LogprobStats()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        with ActivationMeter(model) as meter:
+            loss = policy_update_loss(model, batch, selection, stats=stats, **options)
+        loss.backward()
+    zero_gradients(model)
+    return {"flops": int(counter.get_total_flops()), "activation_bytes": int(meter.bytes),
+            "tokens_to_model": stats.tokens_to_model, "real_tokens_to_model": stats.real_tokens_to_model,
+            "positions_scored": stats.positions_scored, "micro_batches": stats.micro_batches}
+
+
+def timed_step(model, batch: BenchBatch, selection: Selection, device: str,
+               **options) -> tuple[float, int | None, int | None]:
+    """One policy update: (wall seconds of forward + backward, peak CUDA bytes, peak CUDA bytes above
+    what was allocated when the step began — weights and the batch). The peaks are None off CUDA."""
+    zero_gradients(model)
+    is_cuda = str(device).startswith("cuda")
+    if is_cuda:
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        at_start = torch.cuda.memory_allocated(device)
+    times = {}
+    with stopwatch(times, "step", device):
+        loss = policy_update_loss(model, batch, selection, **options)
+        loss.backward()
+    peak = int(torch.cuda.max_memory_allocated(device)) if is_cuda else None
+    del loss
+    zero_gradients(model)
+    return times["step"], peak, (peak - at_start if is_cuda else None)
+
+
+# ----------------------------------------------------------------------------- one benchmark point
+@dataclass
+class Case:
+    """One (method, budget, draw) measured at a response length."""
+
+    method: str
+    budget: float
+    draw: int
+    selection: Selection
+
+
+def measure_response_length(model, batch: BenchBatch, budgets: list[float], *, draws: int, repeats: int,
+                            device: str, seed: int, baseline: str, padding_tolerance: float,
+                            cut_distribution: str, cut_sampling: str = "stratified", log=print) -> list[dict]:
+    """All rows (full, then URS and RPC at every budget) for one batch, every ratio against full on it."""
+    cases = [Case("full", 1.0, draw, draw_selection(batch, "full", 1.0, selection_seed(seed, draw)))
+             for draw in range(draws)]
+    for budget in budgets:
+        cases += [Case("urs", budget, draw, draw_selection(batch, "urs", budget, selection_seed(seed, draw)))
+                  for draw in range(draws)]
+        if cut_sampling == "stratified":
+            rpc = stratified_rpc_selections(batch, budget, draws, selection_seed(seed, 0), cut_distribution)
+        else:
+            rpc = [draw_selection(batch, "rpc", budget, selection_seed(seed, draw), cut_distribution)
+                   for draw in range(draws)]
+        cases += [Case("rpc", budget, draw, selection) for draw, selection in enumerate(rpc)]
+    device_batch = batch.to(device)
+    options = dict(baseline=baseline, padding_tolerance=padding_tolerance)
+
+    # Warm-up: the first passes pay for allocator growth and kernel selection.
+    for case in cases[:1] + [c for c in cases if c.method == "rpc"][:1]:
+        timed_step(model, device_batch, case.selection.to(device), device, **options)
+
+    counts = {}
+    for case in cases:  # deterministic quantities: counted once per case
+        counts[id(case)] = count_step(model, device_batch, case.selection.to(device), **options)
+
+    times = {id(case): [] for case in cases}
+    peaks = {id(case): [] for case in cases}
+    step_peaks = {id(case): [] for case in cases}
+    for repeat in range(repeats):  # every repeat visits every case, in a fresh random order
+        order = list(cases)
+        random.Random(seed * 31 + repeat).shuffle(order)
+        for case in order:
+            seconds, peak, step_peak = timed_step(model, device_batch, case.selection.to(device), device, **options)
+            times[id(case)].append(seconds)
+            peaks[id(case)].append(peak)
+            step_peaks[id(case)].append(step_peak)
+        log(f"    repeat {repeat + 1}/{repeats} done")
+
+    fingerprint = batch.fingerprint()
+    rows = []
+    groups = [("full", 1.0)] + [(method, budget) for budget in budgets for method in ("urs", "rpc")]
+    for method, budget in groups:
+        members = [case for case in cases if case.method == method and case.budget == budget]
+        per_draw_median = [statistics.median(times[id(case)]) for case in members]
+        # repeat r's time of this method, averaged over draws: pairs with full's repeat r below
+        per_repeat = [statistics.fmean(times[id(case)][r] for case in members) for r in range(repeats)]
+        row = {
+            "method": method, "budget": budget, "response_length": batch.response_length,
+            "prompt_length": batch.prompt_length, "batch_size": int(batch.input_ids.shape[0]),
+            "draws": len(members), "repeats": repeats,
+            "time_seconds": statistics.fmean(per_draw_median),
+            "time_seconds_min": min(min(times[id(case)]) for case in members),
+            "time_seconds_max": max(max(times[id(case)]) for case in members),
+            "time_seconds_per_repeat": per_repeat,
+            "flops_per_draw": [counts[id(case)]["flops"] for case in members],
+            "activation_bytes_per_draw": [counts[id(case)]["activation_bytes"] for case in members],
+            "tokens_to_model_per_draw": [counts[id(case)]["tokens_to_model"] for case in members],
+            "response_tokens": int(batch.response_mask.sum()),
+            "response_tokens_used_per_draw": [int(case.selection.keep.sum()) for case in members],
+            "batch_fingerprint": fingerprint,
+            "selection_fingerprints": [tensor_fingerprint(case.selection.keep) for case in members],
+        }
+        for key in ("flops", "activation_bytes", "tokens_to_model", "real_tokens_to_model", "positions_scored",
+                    "micro_batches"):
+            row[key] = statistics.fmean(counts[id(case)][key] for case in members)
+        row["response_tokens_used"] = statistics.fmean(row["response_tokens_used_per_draw"])
+        row["used_fraction"] = row["response_tokens_used"] / max(row["response_tokens"], 1)
+        for key, values in (("peak_memory_bytes", peaks), ("peak_step_memory_bytes", step_peaks)):
+            measured = [max(values[id(case)]) for case in members if values[id(case)][0] is not None]
+            row[key] = statistics.fmean(measured) if measured else None
+        rows.append(row)
+    add_ratios(rows)
+    return rows
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """X_ratio = X / X of full, for the rows of one batch (full is the first row)."""
+    full = rows[0]
+    if full["method"] != "full":
+        raise ValueError("add_ratios needs the full-token row first.")
+    for row in rows:
+        for ratio, key in RATIOS.items():
+            mine, reference = row.get(key), full.get(key)
+            row[ratio] = mine / reference if mine is not None and reference else None
+        paired = [mine / reference for mine, reference in zip(row["time_seconds_per_repeat"],
+                                                               full["time_seconds_per_repeat"])]
+        row["time_ratio_min"], row["time_ratio_max"] = min(paired), max(paired)
+
+
+# ----------------------------------------------------------------------------- reports
+def fmt_count(value, unit="") -> str:
+    if value is None:
+        return "–"
+    for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g}{suffix}{unit}"
+    return f"{value:.3g}{unit}"
+
+
+def fmt_ratio(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """One line per (response length, method, budget), ratios against full on the same batch."""
+    has_peak = any(row.get("peak_memory_bytes") is not None for row in rows)
+    header = ["T", "method", "ρ", "tokens to model", "resp. tokens used", "time (s)", "time ratio [min–max]",
+              "FLOPs", "FLOPs ratio", "act. bytes", "act. ratio"]
+    if has_peak:
+        header += ["peak mem", "peak ratio", "peak above weights", "ratio"]
+    header.append(f"paper ({PAPER['model']}, GPU)")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [str(row["response_length"]), row["method"], f"{row['budget']:g}",
+                 f"{row['tokens_to_model']:.0f} ({row['tokens_to_model_ratio']:.2f})",
+                 f"{row['response_tokens_used']:.0f} ({row['used_fraction']:.2f})",
+                 f"{row['time_seconds']:.3f}",
+                 f"{row['time_ratio']:.3f} [{row['time_ratio_min']:.2f}–{row['time_ratio_max']:.2f}]",
+                 fmt_count(row["flops"]), fmt_ratio(row["flops_ratio"]),
+                 fmt_count(row["activation_bytes"], "B"), fmt_ratio(row["activation_ratio"])]
+        if has_peak:
+            cells += [fmt_count(row.get("peak_memory_bytes"), "B"), fmt_ratio(row.get("peak_memory_ratio")),
+                      fmt_count(row.get("peak_step_memory_bytes"), "B"), fmt_ratio(row.get("peak_step_memory_ratio"))]
+        is_paper_point = row["method"] == "rpc" and abs(row["budget"] - PAPER["budget"]) < 1e-9
+        cells.append(f"time {PAPER['time_ratio']}, peak mem {PAPER['peak_memory_ratio']}" if is_paper_point else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+RESPONSE_DOMINATED_PROMPT_SHARE = 0.16  # the targets are for batches whose prompts are at most 16% of a row
+
+
+def prompt_share(row: dict) -> float:
+    """P / (P + L̄): the part of an average row RPC can never cut."""
+    mean_response = row["response_tokens"] / row["batch_size"]
+    return row["prompt_length"] / (row["prompt_length"] + mean_response)
+
+
+def rpc_rows_at(rows: list[dict], budget: float) -> list[dict]:
+    return [row for row in rows if row["method"] == "rpc" and abs(row["budget"] - budget) < 1e-9]
+
+
+def target_checks(rows: list[dict], budget: float = 0.5) -> list[str]:
+    """Where RPC at ρ = 0.5 stands against the issue's targets and the paper's figures, one line per T."""
+    lines = []
+    for row in rpc_rows_at(rows, budget):
+        share = prompt_share(row)
+        expected = share + budget * (1 - share)
+        in_scope = share <= RESPONSE_DOMINATED_PROMPT_SHARE + 1e-9
+        verdicts = []
+        for name, limit in RPC_TARGETS.items():
+            value = row.get(name)
+            if value is None:
+                continue
+            verdict = ("met" if value <= limit else f"MISSED by {value - limit:.3f}") if in_scope else "n/a"
+            verdicts.append(f"{name} {value:.3f} (target ≤ {limit}: {verdict})")
+        if row.get("peak_memory_ratio") is not None:
+            verdicts.append(f"peak_memory_ratio {row['peak_memory_ratio']:.3f}")
+        scope = "" if in_scope else (f" — prompt share {share:.0%} > {RESPONSE_DOMINATED_PROMPT_SHARE:.0%}: not the "
+                                     "response-dominated workload the targets are for")
+        lines.append(f"T={row['response_length']} (prompt share {share:.0%}): " + "; ".join(verdicts) +
+                     f"; tokens to model {row['tokens_to_model_ratio']:.3f} of full (expected ≈ P/(P+L̄) + "
+                     f"ρ·L̄/(P+L̄) = {expected:.3f}){scope}")
+    return lines
+
+
+def explain_misses(rows: list[dict], budget: float = 0.5) -> list[str]:
+    """Why a missed target was missed, from the numbers themselves (response-dominated points only)."""
+    notes, full_by_length = [], {row["response_length"]: row for row in rows if row["method"] == "full"}
+    for row in rpc_rows_at(rows, budget):
+        if prompt_share(row) > RESPONSE_DOMINATED_PROMPT_SHARE + 1e-9:
+            continue
+        missed_count = [name for name in ("flops_ratio", "activation_ratio")
+                        if row.get(name) is not None and row[name] > RPC_TARGETS[name]]
+        if missed_count:
+            notes.append(f"T={row['response_length']}: {', '.join(missed_count)} above target: RPC never cuts the "
+                         f"prompt ({prompt_share(row):.0%} of a row) and its micro-batches carry padding; the model "
+                         f"was given {row['tokens_to_model_ratio']:.3f} of full's tokens, which bounds these ratios "
+                         "from below.")
+        if row.get("time_ratio") is not None and row["time_ratio"] > RPC_TARGETS["time_ratio"]:
+            full = full_by_length[row["response_length"]]
+            notes.append(f"T={row['response_length']}: time ratio {row['time_ratio']:.3f} vs FLOPs ratio "
+                         f"{row['flops_ratio']:.3f}: RPC ran {row['micro_batches']:.1f} micro-batches (full "
+                         f"{full['micro_batches']:.1f}); smaller matrix products run less efficiently and every "
+                         "call pays fixed overhead, so time falls less than FLOPs (repeat spread "
+                         f"{row['time_ratio_min']:.2f}–{row['time_ratio_max']:.2f}).")
+    return notes
+
+
+def write_plot(rows: list[dict], path: Path, title: str) -> bool:
+    """bench.png: left, ratios vs budget at the longest T; right, ratios vs T at ρ = 0.5 (or nearest)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("warning: matplotlib is not installed; bench.png not written.", file=sys.stderr)
+        return False
+    lengths = sorted({row["response_length"] for row in rows})
+    budgets = sorted({row["budget"] for row in rows if row["method"] != "full"})
+    if not budgets:
+        return False
+    middle = min(budgets, key=lambda value: abs(value - 0.5))
+    longest = lengths[-1]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    styles = {"flops": "-", "activation": "--", "time": ":", "peak_memory": "-."}
+    colors = {"rpc": "tab:red", "urs": "tab:blue"}
+    for method in ("rpc", "urs"):
+        for name, style in styles.items():
+            points = sorted((row["budget"], row[f"{name}_ratio"]) for row in rows
+                            if row["method"] == method and row["response_length"] == longest
+                            and row.get(f"{name}_ratio") is not None)
+            if points:
+                left.plot(*zip(*points), style, marker="o", color=colors[method], label=f"{method.upper()} {name}")
+            points = sorted((row["response_length"], row[f"{name}_ratio"]) for row in rows
+                            if row["method"] == method and row["budget"] == middle
+                            and row.get(f"{name}_ratio") is not None)
+            if points:
+                right.plot(*zip(*points), style, marker="o", color=colors[method], label=f"{method.upper()} {name}")
+    left.plot([0, 1], [0, 1], color="grey", linewidth=0.8, label="ratio = ρ")
+    left.scatter([PAPER["budget"]], [PAPER["time_ratio"]], marker="*", s=160, color="black",
+                 label=f"paper RPC time ({PAPER['model']})", zorder=5)
+    left.scatter([PAPER["budget"]], [PAPER["peak_memory_ratio"]], marker="P", s=120, color="black",
+                 label=f"paper RPC peak memory ({PAPER['model']})", zorder=5)
+    left.set(xlabel="budget ρ (expected fraction of response tokens kept)", ylabel="cost / full on the same batch",
+             title=f"vs budget, T = {longest}", xlim=(0, 1.05), ylim=(0, 1.15))
+    right.axhline(middle, color="grey", linewidth=0.8)
+    right.set(xlabel="response length T (L ~ U[T/2, T])", ylabel="cost / full on the same batch",
+              title=f"vs response length, ρ = {middle:g}", ylim=(0, 1.15))
+    if len(lengths) > 1:
+        right.set_xscale("log", base=2)
+    right.set_xticks(lengths, [str(length) for length in lengths])
+    right.minorticks_off()
+    for axes in (left, right):
+        axes.grid(alpha=0.3)
+    left.legend(fontsize=7, loc="center left")
+    figure.suptitle("\n".join(textwrap.wrap(title, 150)), fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def describe_run(options, model, dtype, device) -> str:
+    parameters = sum(p.numel() for p in model.parameters())
+    config = model.config
+    return (f"preset {options.preset} ({parameters / 1e6:.1f}M parameters, {config.num_hidden_layers} layers, "
+            f"hidden {config.hidden_size}, vocab {config.vocab_size}), {str(dtype).replace('torch.', '')} on "
+            f"{device}{', gradient checkpointing' if options.gradient_checkpointing else ''}; batch "
+            f"{options.batch_size} × (prompt {options.prompt_length} + response L ~ U[T/2, T]); "
+            f"{options.draws} selection draws ({options.cut_sampling} RPC cuts) × {options.repeats} interleaved "
+            f"repeats; baseline {options.baseline}")
+
+
+def write_reports(rows: list[dict], out: Path, header: str, final: bool) -> str:
+    """bench.json always; bench.md and bench.png once the run is complete. Returns the Markdown."""
+    (out / "bench.json").write_text(json.dumps(rows, indent=1))
+    checks, notes = target_checks(rows), explain_misses(rows)
+    markdown = "\n".join([
+        f"# NAT cost benchmark\n\n{header}\n",
+        "Ratios are against full GRPO on the same batch; time ratio [min–max] pairs each repeat with full's "
+        "same repeat.\n",
+        markdown_table(rows), "",
+        f"Paper ({PAPER['model']}, GPU, RPC at ~{PAPER['budget']:.0%} of tokens): time ratio {PAPER['time_ratio']}, "
+        f"peak memory ratio {PAPER['peak_memory_ratio']}.", "",
+        "## RPC at ρ = 0.5 against the targets (flops, activation ≤ 0.55; time ≤ 0.6 on CPU)", "",
+        *[f"- {line}" for line in checks], *[f"- why: {note}" for note in notes], ""])
+    if final:
+        (out / "bench.md").write_text(markdown)
+    return markdown
+
+
+# ----------------------------------------------------------------------------- mode "update"
+def run_update_benchmark(options, log=print) -> list[dict]:
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.dtype, device)
+    out = Path(options.out)
+    model = build_model(options.preset, vocab_size=options.vocab_size, dtype=dtype, device=device,
+                        gradient_checkpointing=options.gradient_checkpointing, seed=options.seed)
+    header = describe_run(options, model, dtype, device)
+    log(f"benchmark: {header}")
+    rows = []
+    for response_length in options.response_lengths:
+        batch = make_batch(options.batch_size, options.prompt_length, response_length, model.config.vocab_size,
+                           batch_seed(options.seed, response_length))
+        log(f"  T = {response_length}: {int(batch.response_mask.sum())} response tokens, "
+            f"{len(options.budgets)} budgets × (urs, rpc) × {options.draws} draws + full")
+        started = time.perf_counter()
+        point = measure_response_length(model, batch, options.budgets, draws=options.draws, repeats=options.repeats,
+                                        device=device, seed=options.seed, baseline=options.baseline,
+                                        padding_tolerance=options.padding_tolerance,
+                                        cut_distribution=options.cut_distribution,
+                                        cut_sampling=options.cut_sampling, log=log)
+        for row in point:
+            row.update(preset=options.preset, vocab_size=model.config.vocab_size, device=device,
+                       dtype=str(dtype).replace("torch.", ""), gradient_checkpointing=options.gradient_checkpointing,
+                       baseline=options.baseline, padding_tolerance=options.padding_tolerance,
+                       cut_distribution=options.cut_distribution, cut_sampling=options.cut_sampling)
+        rows += point
+        write_reports(rows, out, header, final=False)  # partial results survive an interruption
+        log(f"  T = {response_length} took {time.perf_counter() - started:.1f}s")
+    markdown = write_reports(rows, out, header, final=True)
+    write_plot(rows, out / "bench.png", header)
+    log("\n" + markdown)
+    return rows
+
+
+# ----------------------------------------------------------------------------- mode "step"
+def run_step_benchmark(options, log=print) -> list[dict]:
+    """Whole trainer steps (rollout + update) per method, interleaved, on identical rollouts.
+
+    The learning rate is 0, so the weights — and with a per-step seed, the sampled rollouts — are
+    the same for every method; AdamW still runs, so the update costs what it costs in training.
+    """
+    from transformers.utils import logging as transformers_logging
+
+    from minnat.train import TrainConfig, Trainer
+
+    transformers_logging.disable_progress_bar()  # the per-step checkpoint writes would print bars
+
+    cases = [("full", 1.0)] + [(method, budget) for budget in options.budgets for method in ("urs", "rpc")]
+    total_steps = options.steps + 1  # the first step warms up and is not reported
+    with tempfile.TemporaryDirectory(prefix="minnat-bench-step-") as scratch:
+        trainers = {}
+        for method, budget in cases:
+            config = TrainConfig(model=options.model, task=options.task, data_path=options.data_path,
+                                 method=method, budget=budget, steps=total_steps, batch_size=options.batch_size,
+                                 group_size=options.group_size, max_new_tokens=options.max_new_tokens,
+                                 learning_rate=0.0, warmup_steps=0, eval_every=0, num_eval=options.num_eval,
+                                 eval_batch_size=options.num_eval, log_samples=0, save_every=10 ** 9,
+                                 measure_activation_memory=False, out=str(Path(scratch) / f"{method}-{budget:g}"),
+                                 seed=options.seed, device=options.device, dtype=options.dtype,
+                                 gradient_checkpointing=options.gradient_checkpointing)
+            trainers[(method, budget)] = Trainer(config, progress=False)
+        records = {case: [] for case in cases}
+        for step in range(total_steps):
+            order = list(cases)
+            random.Random(options.seed * 31 + step).shuffle(order)
+            for case in order:
+                torch.manual_seed(options.seed * 1_000_003 + step)  # the same rollout for every method
+                trainers[case].train(on_step=records[case].append, should_stop=lambda: True)
+            log(f"  step {step + 1}/{total_steps} done" + (" (warm-up, not reported)" if step == 0 else ""))
+        trainers.clear()
+    rows = []
+    for method, budget in cases:
+        measured = records[(method, budget)][1:]
+        rollout = statistics.median(r["rollout_seconds"] for r in measured)
+        update = statistics.median(r["update_seconds"] for r in measured)
+        rows.append({"method": method, "budget": budget, "steps": len(measured),
+                     "rollout_seconds": rollout, "update_seconds": update, "step_seconds": rollout + update,
+                     "update_share": update / (rollout + update),
+                     "response_tokens_generated": statistics.fmean(r["response_tokens_generated"] for r in measured),
+                     "response_tokens_used": statistics.fmean(r.get("response_tokens_used", 0) for r in measured),
+                     "tokens_to_model": statistics.fmean(r.get("tokens_to_model", 0) for r in measured),
+                     "response_tokens_generated_per_step": [r["response_tokens_generated"] for r in measured],
+                     "reward_mean_per_step": [r["reward_mean"] for r in measured]})
+    full = rows[0]
+    for row in rows:
+        row["update_ratio"] = row["update_seconds"] / full["update_seconds"]
+        row["step_ratio"] = row["step_seconds"] / full["step_seconds"]
+    out = Path(options.out)
+    (out / "step.json").write_text(json.dumps(rows, indent=1))
+    header = ["method", "ρ", "rollout (s)", "update (s)", "step (s)", "update share of step", "update ratio",
+              "step ratio", "resp. tokens used / generated"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append(f"| {row['method']} | {row['budget']:g} | {row['rollout_seconds']:.2f} | "
+                     f"{row['update_seconds']:.2f} | {row['step_seconds']:.2f} | {row['update_share']:.0%} | "
+                     f"{row['update_ratio']:.3f} | {row['step_ratio']:.3f} | "
+                     f"{row['response_tokens_used']:.0f} / {row['response_tokens_generated']:.0f} |")
+    markdown = (f"# NAT: whole training steps\n\nmodel {options.model}, task {options.task}, batch "
+                f"{options.batch_size} (group {options.group_size}), max {options.max_new_tokens} new tokens; median of "
+                f"{options.steps} steps after one warm-up step, methods interleaved, identical rollouts "
+                "(learning rate 0).\n\n" + "\n".join(lines) + "\n\nNAT only changes the update; the rollout "
+                "(generation) is untouched, so the step ratio is bounded below by the rollout's share.\n")
+    (out / "step.md").write_text(markdown)
+    log("\n" + markdown)
+    return rows
+
+
+# ----------------------------------------------------------------------------- command line
+def comma_list(kind, name):
+    def parse(text: str):
+        try:
+            values = [kind(piece) for piece in text.split(",") if piece.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a comma-separated list of numbers; got {text!r}.")
+        if not values:
+            raise argparse.ArgumentTypeError(f"{name} must list at least one value.")
+        return values
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m minnat.bench", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = parser.add_argument
+    add("--mode", choices=("update", "step"), default="update",
+        help="update: the policy-update step alone (default); step: whole trainer steps, rollout + update")
+    add("--preset", choices=PRESETS, default="tiny",
+        help="model architecture with random weights: the embedded tiny Qwen3 or a Qwen3 size (update mode)")
+    add("--vocab-size", type=int, default=None,
+        help="override the vocabulary size, e.g. 151936 (Qwen's) to show URS's LM-head saving on the tiny body")
+    add("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16")
+    add("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
+    add("--gradient-checkpointing", action="store_true",
+        help="recompute each layer in backward (needed to fit the large presets with long responses)")
+    add("--batch-size", type=int, default=None, help="responses per batch (default 8 in update mode, 64 in step mode)")
+    add("--prompt-length", type=int, default=64, help="P: prompt tokens per row (update mode)")
+    add("--response-lengths", type=comma_list(int, "--response-lengths"), default=[256, 512, 1024],
+        help="comma-separated T values; each row's response length is uniform in [T/2, T] (update mode)")
+    add("--budgets", type=comma_list(float, "--budgets"), default=[0.25, 0.5, 0.75],
+        help="comma-separated budgets ρ for URS and RPC (in step mode default: 0.5)")
+    add("--draws", type=int, default=3, help="NAT selection draws averaged per point (update mode)")
+    add("--repeats", type=int, default=3, help="interleaved timing repeats per draw (update mode)")
+    add("--baseline", choices=BASELINES, default="bucketed",
+        help="bucketed: full and URS grouped by length like RPC's micro-batches (fair, default); padded: "
+             "one padded pass, as minnat.train runs them")
+    add("--padding-tolerance", type=float, default=0.1, help="micro-batch padding allowed (fraction of real tokens)")
+    add("--cut-distribution", choices=RPC_CUT_DISTRIBUTIONS, default="uniform-floor", help="RPC cut distribution")
+    add("--cut-sampling", choices=CUT_SAMPLINGS, default="stratified",
+        help="RPC draws of a point: stratified cut fractions (exact RPC law per row, balanced across draws, "
+             "default) or independent select_tokens draws")
+    add("--seed", type=int, default=0, help="seed of the batch and of the selection draws")
+    add("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
+    add("--out", default=None, help="output folder (default: a new folder runs/bench-<time>)")
+    # step mode
+    add("--model", default="embedded", help="step mode: the model the trainer loads (default: the embedded one)")
+    add("--task", default="arithmetic", help="step mode: arithmetic (embedded) or gsm8k")
+    add("--data-path", default=None, help="step mode: GSM8K-format JSONL file or folder")
+    add("--steps", type=int, default=3, help="step mode: measured trainer steps per method (after one warm-up step)")
+    add("--group-size", type=int, default=8, help="step mode: responses per question")
+    add("--max-new-tokens", type=int, default=80, help="step mode: longest response")
+    add("--num-eval", type=int, default=8, help="step mode: questions in the trainer's (unreported) evaluations")
+    return parser
+
+
+def check_options(options) -> None:
+    options.budgets = [check_budget(budget) for budget in options.budgets]
+    if options.batch_size is None:
+        options.batch_size = 8 if options.mode == "update" else 64
+    for name in ("batch_size", "prompt_length", "draws", "repeats", "steps", "group_size", "max_new_tokens",
+                 "num_eval"):
+        if getattr(options, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(options, name)}.")
+    if any(length < 1 for length in options.response_lengths):
+        raise ValueError(f"--response-lengths must be positive; got {options.response_lengths}.")
+    if not 0 <= options.padding_tolerance:
+        raise ValueError(f"--padding-tolerance must be ≥ 0; got {options.padding_tolerance}.")
+    if options.threads < 0:
+        raise ValueError(f"--threads must be ≥ 0; got {options.threads}.")
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    options = parser.parse_args(argv)
+    if options.mode == "step" and "--budgets" not in (argv if argv is not None else sys.argv[1:]):
+        options.budgets = [0.5]
+    try:
+        check_options(options)
+        if options.threads:
+            torch.set_num_threads(options.threads)
+        if options.out is None:
+            options.out = str(Path("runs") / f"bench-{options.mode}-{options.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        out = Path(options.out)
+        out.mkdir(parents=True, exist_ok=True)
+        command = "python -m minnat.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        print(f"writing to {out}  ({command.strip()}; torch {torch.__version__}, python {platform.python_version()})")
+        if options.mode == "update":
+            run_update_benchmark(options)
+        else:
+            run_step_benchmark(options)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"outputs: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

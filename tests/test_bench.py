@@ -1,0 +1,269 @@
+"""The cost benchmark: outputs and their fields, and that every ratio compares with full on the same batch.
+
+Timings are never asserted (they depend on the machine); counts (FLOPs, tokens, bytes) are exact.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import build_local_chat_model, build_tiny_qwen3
+from minnat import bench
+from minnat.logprobs import LogprobStats
+from minnat.tasks import get_task, write_gsm8k_fixture
+
+ROOT = Path(__file__).resolve().parent.parent
+LENGTHS, BUDGETS = [24, 40], [0.5, 1.0]
+ROW_FIELDS = {"method", "budget", "response_length", "prompt_length", "batch_size", "time_seconds",
+              "time_seconds_min", "time_seconds_max", "time_ratio", "time_ratio_min", "time_ratio_max", "flops",
+              "flops_ratio", "activation_bytes", "activation_ratio", "peak_memory_bytes", "peak_memory_ratio",
+              "tokens_to_model", "tokens_to_model_ratio", "response_tokens", "response_tokens_used",
+              "batch_fingerprint", "selection_fingerprints", "flops_per_draw"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One tiny benchmark run through the command line, recording the batch each policy update saw."""
+    out = tmp_path_factory.mktemp("bench")
+    seen = []
+    original = bench.policy_update_loss
+
+    def recording(model, batch, selection, **options):
+        seen.append((batch.response_length, selection.method, selection.budget, batch.fingerprint(),
+                     bench.tensor_fingerprint(selection.keep)))
+        return original(model, batch, selection, **options)
+
+    bench.policy_update_loss = recording
+    try:
+        code = bench.main(["--preset", "tiny", "--response-lengths", ",".join(map(str, LENGTHS)),
+                           "--budgets", ",".join(map(str, BUDGETS)), "--batch-size", "3", "--prompt-length", "4",
+                           "--draws", "2", "--repeats", "2", "--threads", "1", "--seed", "5", "--out", str(out)])
+    finally:
+        bench.policy_update_loss = original
+    assert code == 0
+    rows = json.loads((out / "bench.json").read_text())
+    return out, rows, seen
+
+
+def rows_at(rows, length):
+    return [row for row in rows if row["response_length"] == length]
+
+
+def test_writes_json_markdown_and_plot_with_the_documented_fields(tiny_run):
+    out, rows, _ = tiny_run
+    assert (out / "bench.md").read_text().startswith("# NAT cost benchmark")
+    assert (out / "bench.png").stat().st_size > 10_000
+    assert len(rows) == len(LENGTHS) * (1 + 2 * len(BUDGETS))
+    for row in rows:
+        assert ROW_FIELDS <= set(row)
+        assert row["peak_memory_bytes"] is None and row["peak_memory_ratio"] is None  # CPU
+        assert row["time_seconds"] > 0 and row["flops"] > 0 and row["activation_bytes"] > 0
+    assert {(row["method"], row["budget"]) for row in rows} == \
+        {("full", 1.0)} | {(method, budget) for method in ("urs", "rpc") for budget in BUDGETS}
+    markdown = (out / "bench.md").read_text()
+    assert "| rpc | 0.5 |" in markdown and "time 0.71, peak mem 0.82" in markdown
+
+
+def test_full_is_its_own_reference(tiny_run):
+    _, rows, _ = tiny_run
+    for row in rows:
+        if row["method"] == "full":
+            for ratio in ("time_ratio", "flops_ratio", "activation_ratio", "tokens_to_model_ratio"):
+                assert row[ratio] == 1.0
+            assert row["response_tokens_used"] == row["response_tokens"]
+
+
+def test_ratios_are_computed_from_the_same_batch(tiny_run):
+    _, rows, _ = tiny_run
+    for length in LENGTHS:
+        point = rows_at(rows, length)
+        full = next(row for row in point if row["method"] == "full")
+        assert len({row["batch_fingerprint"] for row in point}) == 1
+        for row in point:
+            assert row["flops"] == sum(row["flops_per_draw"]) / len(row["flops_per_draw"])
+            assert row["flops_ratio"] == pytest.approx(row["flops"] / full["flops"], rel=1e-12)
+            assert row["activation_ratio"] == pytest.approx(row["activation_bytes"] / full["activation_bytes"],
+                                                            rel=1e-12)
+            assert row["time_ratio"] == pytest.approx(row["time_seconds"] / full["time_seconds"], rel=1e-12)
+            assert row["response_tokens"] == full["response_tokens"]
+    assert rows_at(rows, LENGTHS[0])[0]["batch_fingerprint"] != rows_at(rows, LENGTHS[1])[0]["batch_fingerprint"]
+
+
+def test_rpc_at_budget_one_costs_exactly_what_full_costs(tiny_run):
+    _, rows, _ = tiny_run
+    for length in LENGTHS:
+        point = rows_at(rows, length)
+        full = next(row for row in point if row["method"] == "full")
+        rpc = next(row for row in point if row["method"] == "rpc" and row["budget"] == 1.0)
+        assert rpc["tokens_to_model"] == full["tokens_to_model"]
+        assert rpc["flops"] == full["flops"] and rpc["flops_ratio"] == 1.0
+        # the same tensors, up to a few scalars the per-bucket loss sum saves
+        assert rpc["activation_bytes"] == pytest.approx(full["activation_bytes"], rel=1e-4)
+        half = next(row for row in point if row["method"] == "rpc" and row["budget"] == 0.5)
+        assert half["tokens_to_model"] < full["tokens_to_model"] and half["flops_ratio"] < 1.0
+
+
+def test_every_method_of_a_point_saw_the_identical_batch_and_fixed_draws(tiny_run):
+    _, rows, seen = tiny_run
+    for length in LENGTHS:
+        expected = bench.make_batch(3, 4, length, rows_at(rows, length)[0]["vocab_size"],
+                                    bench.batch_seed(5, length)).fingerprint()
+        calls = [call for call in seen if call[0] == length]
+        assert {call[1] for call in calls} == {"full", "urs", "rpc"}
+        assert {call[3] for call in calls} == {expected}  # warm-up, counting and every timed repeat
+        assert rows_at(rows, length)[0]["batch_fingerprint"] == expected
+        for row in rows_at(rows, length):  # each draw is one fixed selection, reused by every repeat
+            draws = {call[4] for call in calls if call[1] == row["method"] and call[2] == row["budget"]}
+            assert draws == set(row["selection_fingerprints"])
+            if row["budget"] < 1.0:  # distinct random draws (at ρ = 1 every draw keeps everything)
+                assert len(draws) == row["draws"] == 2
+
+
+def make_model_and_batch():
+    model = build_tiny_qwen3(vocab_size=32, seed=1).train()
+    batch = bench.make_batch(6, 5, 30, 32, seed=2)
+    return model, batch
+
+
+def loss_and_gradients(model, batch, selection, baseline):
+    bench.zero_gradients(model)
+    stats = LogprobStats()
+    loss = bench.policy_update_loss(model, batch, selection, baseline=baseline, stats=stats)
+    loss.backward()
+    return float(loss.detach()), [p.grad.clone() for p in model.parameters()], stats
+
+
+@pytest.mark.parametrize("method", ["full", "urs"])
+def test_length_buckets_do_not_change_the_loss_or_its_gradient(method):
+    model, batch = make_model_and_batch()
+    selection = bench.draw_selection(batch, method, 0.5, seed=3)
+    bucketed_loss, bucketed_grads, bucketed_stats = loss_and_gradients(model, batch, selection, "bucketed")
+    padded_loss, padded_grads, padded_stats = loss_and_gradients(model, batch, selection, "padded")
+    assert bucketed_loss == pytest.approx(padded_loss, abs=1e-10)
+    for bucketed, padded in zip(bucketed_grads, padded_grads):
+        assert torch.allclose(bucketed, padded, atol=1e-10)
+    assert padded_stats.micro_batches == 1
+    assert bucketed_stats.tokens_to_model <= padded_stats.tokens_to_model
+
+
+def test_full_buckets_are_rpc_micro_batches_at_budget_one():
+    model, batch = make_model_and_batch()
+    full = bench.draw_selection(batch, "full", 1.0, seed=0)
+    rpc = bench.draw_selection(batch, "rpc", 1.0, seed=0)
+    *_, full_stats = loss_and_gradients(model, batch, full, "bucketed")
+    *_, rpc_stats = loss_and_gradients(model, batch, rpc, "bucketed")
+    assert sorted(full_stats.micro_batch_shapes) == sorted(rpc_stats.micro_batch_shapes)
+
+
+def test_cpu_attention_flops_are_counted():
+    model, batch = make_model_and_batch()
+    counts = bench.count_step(model, batch, bench.draw_selection(batch, "full", 1.0, seed=0))
+    with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        bench.policy_update_loss(model, batch, bench.draw_selection(batch, "full", 1.0, seed=0)).backward()
+    by_operator = {str(op): flops for op, flops in counter.get_flop_counts()["Global"].items()}
+    assert any("attention" in name and flops > 0 for name, flops in by_operator.items())
+    assert counts["flops"] == counter.get_total_flops()
+
+
+def test_batch_is_ragged_and_reproducible():
+    first, second = bench.make_batch(64, 8, 100, 50, seed=1), bench.make_batch(64, 8, 100, 50, seed=1)
+    assert first.fingerprint() == second.fingerprint()
+    lengths = first.response_mask.sum(dim=1)
+    assert int(lengths.min()) >= 50 and int(lengths.max()) <= 100 and len(set(lengths.tolist())) > 10
+    assert bool((first.input_ids[:, 8:][~first.response_mask] == 0).all())
+    assert bench.make_batch(64, 8, 100, 50, seed=2).fingerprint() != first.fingerprint()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--budgets", "0.5,1.5"], "budget"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--vocab-size", "1"], "--vocab-size must be at least 2"),
+])
+def test_bad_input_is_a_clear_error(argv, message, tmp_path, capsys):
+    assert bench.main(argv + ["--out", str(tmp_path), "--response-lengths", "8", "--draws", "1",
+                              "--repeats", "1"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unparsable_list_is_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--response-lengths", "long"])
+    assert "comma-separated list" in capsys.readouterr().err
+
+
+def test_step_mode_times_trainer_steps_on_identical_rollouts(tmp_path):
+    fixture = write_gsm8k_fixture(tmp_path / "data")
+    task = get_task("gsm8k", data_path=str(fixture))
+    model_dir = build_local_chat_model(tmp_path / "model",
+                                       [task.prompt_text(e) + e.solution for e in task.train_examples])
+    out = tmp_path / "step"
+    assert bench.main(["--mode", "step", "--model", str(model_dir), "--task", "gsm8k", "--data-path", str(fixture),
+                       "--batch-size", "8", "--group-size", "4", "--max-new-tokens", "10", "--steps", "2",
+                       "--num-eval", "2", "--threads", "1", "--out", str(out)]) == 0
+    rows = json.loads((out / "step.json").read_text())
+    assert [(row["method"], row["budget"]) for row in rows] == [("full", 1.0), ("urs", 0.5), ("rpc", 0.5)]
+    assert rows[0]["update_ratio"] == rows[0]["step_ratio"] == 1.0
+    for row in rows:
+        assert row["steps"] == 2 and row["rollout_seconds"] > 0 and row["update_seconds"] > 0
+        assert 0 < row["update_share"] < 1
+        # learning rate 0 and a per-step seed: every method trained on the very same rollouts
+        assert row["response_tokens_generated_per_step"] == rows[0]["response_tokens_generated_per_step"]
+        assert row["reward_mean_per_step"] == rows[0]["reward_mean_per_step"]
+    assert rows[2]["response_tokens_used"] < rows[0]["response_tokens_used"]
+    assert "update share of step" in (out / "step.md").read_text()
+
+
+def test_gpu_script_runs_end_to_end_in_its_tiny_cpu_rehearsal(tmp_path):
+    """bench/run_gpu.sh with BENCH_TINY=1: tiny shapes on CPU; a failing preset is logged and skipped."""
+    environment = dict(os.environ, BENCH_TINY="1", BENCH_PRESETS="no-such-preset qwen3-0.6b",
+                       PYTHON=sys.executable)
+    result = subprocess.run(["bash", str(ROOT / "bench" / "run_gpu.sh"), str(tmp_path / "gpu")], cwd=ROOT,
+                            env=environment, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = tmp_path / "gpu"
+    assert "torch" in (out / "machine.txt").read_text()
+    assert (out / "qwen3-0.6b" / "bench.json").exists() and (out / "qwen3-0.6b" / "bench.md").exists()
+    assert "qwen3-0.6b OK" in (out / "summary.txt").read_text()
+    assert "no-such-preset FAILED" in (out / "summary.txt").read_text()
+    assert "no-such-preset" in result.stdout
+
+
+@pytest.mark.parametrize("cut_distribution", ["uniform-floor", "power"])
+@pytest.mark.parametrize("budget", [0.25, 0.5, 0.75, 1.0])
+def test_stratified_rpc_cuts_have_rpc_law_and_balanced_totals(cut_distribution, budget):
+    from minnat.nat import rpc_cut_probabilities, rpc_inclusion_probabilities
+
+    batch = bench.make_batch(1, 3, 20, 16, seed=0)
+    length = int(batch.response_mask.sum())
+    selections = bench.stratified_rpc_selections(batch, budget, draws=4000, seed=1,
+                                                  cut_distribution=cut_distribution)
+    cuts = torch.tensor([int(selection.cut_lengths[0]) for selection in selections])
+    empirical = torch.bincount(cuts, minlength=length + 1)[1:].double() / len(cuts)
+    exact = rpc_cut_probabilities(length, budget, cut_distribution)
+    assert (empirical - exact).abs().max() < 0.01  # each row's cut has RPC's law
+    expected_pi = rpc_inclusion_probabilities(batch.response_mask.sum(1), 20, budget, cut_distribution)
+    for selection in selections[:3]:  # the real π_t and HT weights, and a prefix (response_logprobs checks it)
+        assert torch.equal(selection.inclusion_prob, expected_pi) and selection.method == "rpc"
+        assert torch.equal(selection.weights[selection.keep], 1 / expected_pi[selection.keep])
+    # balanced: the kept total of 3 draws over 8 rows is ρ·Σ L on average, with much less spread
+    batch = bench.make_batch(8, 3, 200, 16, seed=0)
+    expected = 3 * float(rpc_inclusion_probabilities(batch.response_mask.sum(1), 200, budget,
+                                                     cut_distribution).sum())
+
+    def spread(draw_three):
+        totals = torch.tensor([sum(int(s.keep.sum()) for s in draw_three(seed)) / expected for seed in range(40)])
+        return float(totals.mean()), float(totals.std())
+
+    stratified_mean, stratified_std = spread(
+        lambda seed: bench.stratified_rpc_selections(batch, budget, 3, seed, cut_distribution))
+    independent_mean, independent_std = spread(
+        lambda seed: [bench.draw_selection(batch, "rpc", budget, 100 * seed + d, cut_distribution) for d in range(3)])
+    assert abs(stratified_mean - 1) < 0.03
+    if budget < 1.0:
+        assert stratified_std < 0.5 * independent_std
+    else:
+        assert stratified_std == independent_std == 0.0
