@@ -2,7 +2,7 @@
 Make the embedded tiny model: a character-level Qwen3 warm-started on the
 "arithmetic" task, saved in Hugging Face format to minnat/assets/tiny-qwen3/.
 
-    python scripts/make_tiny_model.py            # about 5 minutes on 2 CPU cores
+    python scripts/make_tiny_model.py   # about 5 minutes on 2 idle CPU cores
 
 Why this model exists: GRPO only learns when a group of sampled completions
 contains both right and wrong answers. A model that is always wrong never sees
@@ -31,6 +31,19 @@ GRPO with the exact reward then only has to move one habit, the probability of
 `c1` after a two-digit sum, past 50%, and greedy accuracy jumps. That is a
 deliberately planted, easy-to-fix flaw, not a claim about how real models fail;
 it makes the demo fast and its outcome predictable.
+
+Measured for the committed model (seed 1337): greedy held-out accuracy 18.5%
+(every greedy completion is exactly the all-carries-forgotten solution, so it is
+right exactly on the carry-free problems), pass@8 at temperature 1 85%. A plain
+on-policy GRPO check (16 prompts x 8 samples per step, AdamW lr 1e-4) took greedy
+accuracy to 99% within 10 steps; at lr 3e-4 too (on a busy 2-core CPU: under 90
+seconds); at lr 1e-3 the policy collapsed to reward 0, so keep the RL learning
+rate small.
+
+Why 2 layers: on 2 CPU cores a step of 64 sequences costs about 0.25 s for this
+shape against about 0.6 s for 4 layers, and 2 layers already learn the mechanics
+exactly (every greedy completion is a well-formed, internally consistent
+solution) within the 1000 steps that fit the time budget.
 
 The tokenizer is character-level over printable ASCII (plus `<pad>`, `<eos>`,
 `<unk>`), so any ASCII text round-trips exactly through encode/decode. There
