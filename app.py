@@ -160,6 +160,11 @@ def parse_budgets(text) -> list[float]:
     return sorted(set(budgets))
 
 
+def significant(value, digits: int = 7) -> float:
+    """A float rounded to `digits` significant digits, for compact JSON and tables (tiny π stay non-zero)."""
+    return float(f"{float(value):.{digits}g}")
+
+
 def method_label(method: str, budget: float | None = None) -> str:
     name = METHOD_NAMES[method]
     return name if method == "full" or budget is None else f"{name} ρ={budget:g}"
@@ -282,6 +287,7 @@ def legend_html(top: float, budget: float) -> str:
         f"{t:.3g}</span>" for t in ticks)
     return (f"<div class='nat-legend'><b>HT weight 1/π<sub>t</sub> of a kept token:</b> {swatches}"
             f"<span class='nat-legend-gap'></span><span class='tok dropped'>x</span> dropped this draw "
+            f"<span class='nat-legend-gap'></span><span class='tok dropped'>⏎</span> end of response (EOS) "
             f"<span class='nat-legend-gap'></span><span class='nat-muted'>hover a token for its π<sub>t</sub>; "
             f"ρ = {budget:g}</span></div>")
 
@@ -329,8 +335,8 @@ def render_tokens(group: SampledGroup, methods, budget: float, seed: int, cut_di
             lines.append(f"<div class='nat-line'><span class='nat-method' style='color:{METHOD_COLORS[method]}'>"
                          f"{METHOD_NAMES[method]}</span><div class='nat-seq'>{spans}</div>"
                          f"<span class='nat-count'>{kept_count}/{len(tokens)}</span></div>")
-            numbers[method] = {"keep": [int(k) for k in keep], "inclusion_prob": [round(p, 6) for p in pi],
-                               "weight": [round(float(w), 6) for w in selection.weights[row, :len(tokens)].tolist()]}
+            numbers[method] = {"keep": [int(k) for k in keep], "inclusion_prob": [significant(p) for p in pi],
+                               "weight": [significant(w) for w in selection.weights[row, :len(tokens)].tolist()]}
         cards.append(f"<div class='nat-card'><div class='nat-head'><b>response {row + 1}</b> · {len(tokens)} tokens"
                      f"{cut_note} {badge}</div>{''.join(lines)}</div>")
         details.append({"response": row + 1, "reward": reward, "tokens": tokens, "methods": numbers})
@@ -411,7 +417,7 @@ def ht_weights_view(length, budget, num_draws, seed):
         f"capping weights at 1/(φρ); the *power* cut has no floor and its last weight grows like L^((1−ρ)/ρ). "
         f"Either way the mean weight stays at 1: that is what makes NAT unbiased. With few draws the rarely kept "
         f"positions average 0 most of the time and occasionally a huge weight, which is the variance NAT pays.")
-    table = [[t + 1] + [round(float(value), 6) for curve in curves for value in
+    table = [[t + 1] + [significant(value) for curve in curves for value in
                         (curve.inclusion_prob[t], curve.weight[t], curve.mean_weight[t])] for t in range(length)]
     return figure, summary, table
 
@@ -441,23 +447,24 @@ def agreement_figure(results, num_draws: int) -> Figure:
     axes = figure.subplots(1, 3)
     nat_results = [r for r in results if r.method != "full"]
     budgets = sorted({r.budget for r in nat_results})
-    styles = ["-", "--", ":", "-."]
+    styles = ["-", "--", "-.", ":"]
     for result in nat_results:
         style = styles[budgets.index(result.budget) % len(styles)]
         color = METHOD_COLORS[result.method]
         axes[0].plot(result.draws, result.relative_error, style, color=color, lw=2, label=result.label)
+        # What independent unbiased draws predict: √(V/K), V estimated from these same draws.
+        axes[0].plot(result.draws, [result.predicted_relative_error(k) for k in result.draws], color=color, lw=1,
+                     alpha=0.55, ls=(0, (1, 2)))
         axes[1].plot(result.draws, result.cosine, style, color=color, lw=2, label=result.label)
     if nat_results:
-        anchor = sorted(r.relative_error[0] for r in nat_results)[len(nat_results) // 2]
-        draws = list(range(1, num_draws + 1))
-        axes[0].plot(draws, [anchor / math.sqrt(k) for k in draws], color="#111827", lw=1, ls=(0, (1, 2)),
-                     label="∝ 1/√K")
+        axes[0].plot([], [], color="#374151", lw=1, ls=(0, (1, 2)), label="√(V/K): the 1/√K law")
     axes[0].set_xscale("log")
     axes[0].set_yscale("log")
     axes[0].set_title("relative error ‖ḡ$_K$ − g$_{full}$‖ / ‖g$_{full}$‖")
     axes[1].set_xscale("log")
     axes[1].set_title("cosine(ḡ$_K$, g$_{full}$)")
-    axes[1].set_ylim(min([0.0] + [min(r.cosine) for r in nat_results]), 1.02)
+    lowest = min([min(r.cosine) for r in nat_results] + [0.99])
+    axes[1].set_ylim(lowest - 0.1 * (1 - lowest), 1 + 0.05 * (1 - lowest))
     for axis in axes[:2]:
         axis.set_xlabel("K = number of NAT draws averaged")
         axis.grid(alpha=0.25, which="both")
@@ -472,21 +479,24 @@ def agreement_figure(results, num_draws: int) -> Figure:
                                                                     bar.get_height()),
                              ha="center", va="bottom", fontsize=8, color="#374151")
         axes[2].set_xticks(range(len(values)), labels, rotation=20, ha="right", fontsize=9)
-        axes[2].set_yscale("log")
+        if max(values) > 30 * max(min(values), 1e-300):  # orders of magnitude apart: bars on a log axis
+            axes[2].set_yscale("log")
     axes[2].set_title("per-draw variance E‖g$_k$ − g$_{full}$‖² / ‖g$_{full}$‖²")
     axes[2].grid(alpha=0.25, axis="y")
     return figure
 
 
 def agreement_summary(results, batch_note: str) -> str:
-    rows = [batch_note, "", "| method | draws K | tokens per draw | per-draw variance | error at K=1 | error at K "
-            "| predicted √(V/K) | cosine at K |", "|---|---|---|---|---|---|---|---|"]
+    rows = [batch_note, "", "| method | draws K | tokens per draw | per-draw variance V | error of one draw (√V, "
+            "RMS) | error of the K-draw average | predicted √(V/K) | cosine at K |",
+            "|---|---|---|---|---|---|---|---|"]
     for r in results:
         rows.append(f"| **{r.label}** | {r.num_draws} | {r.kept_fraction:.0%} | {r.per_draw_variance:.3g} | "
-                    f"{r.relative_error[0]:.3f} | {r.relative_error[-1]:.3f} | "
+                    f"{math.sqrt(r.per_draw_variance):.3f} | {r.relative_error[-1]:.3f} | "
                     f"{r.predicted_relative_error(r.num_draws):.3f} | {r.cosine[-1]:.4f} |")
-    rows.append("\nEach NAT draw is an unbiased but noisy estimate of the full gradient. Averaging K independent "
-                "draws shrinks the error like √(V/K): a straight line of slope −½ on the log-log plot. The "
+    rows.append("\nEach NAT draw is an unbiased but noisy estimate of the full gradient; single draws vary a lot "
+                "(a lucky one can land close). Averaging K independent draws shrinks the error like √(V/K): the "
+                "dotted lines of slope −½ on the log-log plot, which the measured curves follow. The "
                 "per-draw variance V is the price of training on fewer tokens; in training one draw per step "
                 "adds V to the rollouts' own sampling noise.")
     return "\n".join(rows)

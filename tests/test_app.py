@@ -1,0 +1,294 @@
+"""The Gradio explorer, end to end: each view's API through gradio_client, and the page in headless Chromium.
+
+The app runs in a background thread of this process on a free localhost port, with the embedded
+tiny Qwen3. Nothing here touches the network (gradio analytics are off, the browser is told not to
+phone home, and the page is served from 127.0.0.1).
+"""
+import math
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from gradio_client import Client  # noqa: E402
+
+import app  # noqa: E402
+from minnat.assets import TINY_QWEN3_DIR  # noqa: E402
+
+MODEL = "embedded"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not (TINY_QWEN3_DIR / "model.safetensors").is_file():
+        pytest.fail(f"the embedded model is missing from {TINY_QWEN3_DIR}; build it with "
+                    "`python scripts/make_tiny_model.py`.")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: one thread is fastest and leaves the other core to the test
+    port = free_port()
+    demo = app.build_app(MODEL)
+    app.launch(demo, port=port, block=False, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def client(server):
+    """A fresh client is a fresh browser session: its own gr.State."""
+    return Client(server, verbose=False)
+
+
+def sample(client, prompt=None, group_size=8, budget=0.5, seed=0, methods=("full", "urs", "rpc"),
+           cut="uniform-floor", sample_seed=0):
+    prompt = prompt if prompt is not None else "4721+985="
+    return client.predict(prompt, group_size, sample_seed, list(methods), budget, seed, cut, api_name="/sample")
+
+
+# ----------------------------------------------------------------------------- tokens
+
+
+def test_tokens_view_keeps_about_rho_with_weights_one_over_pi(client):
+    page, table, numbers, status, = sample(client, budget=0.5)
+    assert "error" not in status
+    responses = numbers["responses"]
+    assert len(responses) == 8 and numbers["budget"] == 0.5
+    assert all(r["reward"] in (0.0, 1.0) for r in responses)
+    kept = {"urs": 0, "rpc": 0}
+    total = 0
+    for response in responses:
+        length = len(response["tokens"])
+        total += length
+        assert length > 0
+        full = response["methods"]["full"]
+        assert full["keep"] == [1] * length and full["weight"] == [1.0] * length
+        for method in ("urs", "rpc"):
+            drawn = response["methods"][method]
+            kept[method] += sum(drawn["keep"])
+            for keep, pi, weight in zip(drawn["keep"], drawn["inclusion_prob"], drawn["weight"]):
+                assert 0 < pi <= 1
+                # The weight shown is the Horvitz–Thompson weight: 1/π on kept tokens, 0 on dropped ones.
+                assert weight == pytest.approx(1 / pi if keep else 0.0, rel=1e-4)
+        assert set(response["methods"]["urs"]["inclusion_prob"]) == {0.5}
+        rpc_keep = response["methods"]["rpc"]["keep"]
+        cut = sum(rpc_keep)
+        assert 1 <= cut <= length and rpc_keep == [1] * cut + [0] * (length - cut)  # a prefix
+        assert response["methods"]["rpc"]["inclusion_prob"][0] == 1.0
+    # URS keeps each token with probability 1/2, independently: over ~500 tokens within ±0.12 (5 s.d.).
+    assert abs(kept["urs"] / total - 0.5) < 0.12
+    assert 0.15 < kept["rpc"] / total < 0.85  # one cut per response: 8 draws, so a loose bound
+    # The page shows kept and dropped tokens, with the rewards, and the summary counts the kept tokens.
+    assert page.count("tok kept") >= total and "tok dropped" in page and "reward" in page
+    assert f"{kept['urs']} of {total}" in table and f"{kept['rpc']} of {total}" in table
+
+
+def test_draw_again_redraws_the_selection_without_resampling(client):
+    _, _, first, _ = sample(client, budget=0.3, seed=5)
+    seed, _, _, second, status = client.predict(["full", "urs", "rpc"], 0.3, 5, "uniform-floor",
+                                                api_name="/draw_again")
+    assert seed == 6 and second["seed"] == 6 and status == ""
+    assert [r["tokens"] for r in second["responses"]] == [r["tokens"] for r in first["responses"]]
+    assert [r["methods"]["urs"]["keep"] for r in second["responses"]] != \
+        [r["methods"]["urs"]["keep"] for r in first["responses"]]
+    # Redrawing with the first seed gives the first selection back: draws are reproducible.
+    _, _, again, _ = client.predict(["full", "urs", "rpc"], 0.3, 5, "uniform-floor", api_name="/redraw")
+    assert again["responses"] == first["responses"]
+
+
+def test_typed_prompt_and_bad_input_are_explained(client):
+    _, _, numbers, status = sample(client, prompt="12+34", group_size=4, methods=("rpc",))
+    assert numbers["prompt"] == "12+34=" and len(numbers["responses"]) == 4 and status == ""
+    assert list(numbers["responses"][0]["methods"]) == ["rpc"]
+    *_, status = sample(client, prompt="   ")
+    assert "prompt is empty" in status and "Traceback" not in status
+    *_, status = sample(client, methods=())
+    assert "choose at least one method" in status
+    status = client.predict("/no/such/model", api_name="/load_model")
+    assert "could not load the model" in status and "does not exist" in status
+
+
+def test_two_sessions_keep_their_own_responses(server):
+    first, second = Client(server, verbose=False), Client(server, verbose=False)
+    outputs = {}
+
+    def run(name, session, prompt):
+        outputs[name] = sample(session, prompt=prompt, group_size=4)[2]
+
+    threads = [threading.Thread(target=run, args=("a", first, "12+34=")),
+               threading.Thread(target=run, args=("b", second, "98765+4321="))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outputs["a"]["prompt"] == "12+34=" and outputs["b"]["prompt"] == "98765+4321="
+    # Each session's "draw again" redraws over its own responses.
+    for session, name in ((first, "a"), (second, "b")):
+        redrawn = session.predict(["full"], 0.5, 1, "uniform-floor", api_name="/draw_again")[3]
+        assert redrawn["prompt"] == outputs[name]["prompt"]
+        assert [r["tokens"] for r in redrawn["responses"]] == [r["tokens"] for r in outputs[name]["responses"]]
+
+
+# ----------------------------------------------------------------------------- HT weights
+
+
+def test_ht_weights_view_shows_one_over_pi_and_mean_weights_at_one(client):
+    plot, summary, frame, status = client.predict(48, 0.3, 3000, 0, api_name="/ht_weights")
+    assert status == "" and plot["type"] == "matplotlib" and plot["plot"].startswith("data:image/png")
+    headers, rows = frame["headers"], frame["data"]
+    assert len(rows) == 48 and [row[0] for row in rows] == list(range(1, 49))
+    for scheme in ("URS", "RPC uniform-floor", "RPC power"):
+        pi = [row[headers.index(f"{scheme} π")] for row in rows]
+        weight = [row[headers.index(f"{scheme} 1/π")] for row in rows]
+        mean = [row[headers.index(f"{scheme} mean weight")] for row in rows]
+        assert all(w == pytest.approx(1 / p, rel=1e-5) for p, w in zip(pi, weight))
+        # Where π_t ≥ 0.2 the mean of 3000 draws has s.e. ≤ √(4/3000) ≈ 0.037: 5 s.e. is 0.18.
+        assert all(abs(m - 1) < 0.19 for p, m in zip(pi, mean) if p >= 0.2)
+        assert sum(pi) == pytest.approx(0.3 * 48, abs=1.0)
+    assert "RPC (uniform-floor)" in summary and "RPC (power)" in summary
+    *_, status = client.predict(48, 0.3, 0, 0, api_name="/ht_weights")
+    assert "number of draws N must be a whole number" in status
+
+
+# ----------------------------------------------------------------------------- gradient agreement
+
+
+def test_gradient_agreement_view_error_falls_with_k(client):
+    plot, table, numbers, status = client.predict(4, 8, ["urs", "rpc"], "0.5", 24, "uniform-floor", 0,
+                                                  api_name="/gradient_agreement")
+    assert status == "", status
+    assert plot["plot"].startswith("data:image/png")
+    assert numbers["batch"]["mixed_groups"] >= 1 and numbers["batch"]["full_gradient_norm"] > 0
+    results = {r["method"]: r for r in numbers["results"]}
+    assert set(results) == {"urs", "rpc"}
+    for result in results.values():
+        errors, variance = result["relative_error"], result["per_draw_variance"]
+        assert result["draws"] == list(range(1, 25)) and all(math.isfinite(e) for e in errors)
+        assert variance > 0
+        # Single draws scatter widely (a lucky first draw can land close), so compare with their RMS √V,
+        # the expected error of one draw: the 24-draw average is clearly closer to g_full than that.
+        # (√(V/24) ≈ 0.2·√V in expectation; the bound is loose because on this model the noise lies in
+        # few directions, so one realisation of the average can sit well above or below √(V/K).)
+        late = [e * e for e in errors[12:]]
+        assert math.sqrt(sum(late) / len(late)) < 0.7 * math.sqrt(variance)
+        assert errors[-1] < 0.7 * math.sqrt(variance)
+        assert errors[-1] < 4 * math.sqrt(variance / 24)
+        assert result["cosine"][-1] > 0.9
+        assert abs(result["kept_fraction"] - 0.5) < 0.15
+    assert "URS ρ=0.5" in table and "RPC ρ=0.5" in table
+
+
+def test_gradient_agreement_bad_input_and_stop(client):
+    *_, status = client.predict(4, 8, ["urs"], "0.5, 1.5", 8, "uniform-floor", 0, api_name="/gradient_agreement")
+    assert "budget ρ must be in (0, 1]" in status and "1.5" in status
+    *_, status = client.predict(4, 8, ["urs"], "0.5", 5000, "uniform-floor", 0, api_name="/gradient_agreement")
+    assert "number of draws N must be a whole number between 1 and 256" in status
+    *_, status = client.predict(4, 8, [], "0.5", 8, "uniform-floor", 0, api_name="/gradient_agreement")
+    assert "choose at least one NAT method" in status
+
+    job = client.submit(4, 8, ["urs", "rpc"], "0.1, 0.2, 0.3", 256, "uniform-floor", 1,
+                        api_name="/gradient_agreement")
+    deadline = time.time() + 60
+    while "Computing" not in str(job.outputs()[-1:]) and not job.done() and time.time() < deadline:
+        time.sleep(0.2)
+    started = time.time()
+    client.predict(api_name="/stop_gradient_agreement")
+    outputs = job.result(timeout=60)
+    assert time.time() - started < 30
+    assert "Stopped" in outputs[3]
+    if isinstance(outputs[2], dict) and "results" in outputs[2]:  # curves finished before the stop
+        assert outputs[2]["results"][-1]["draws"][-1] < 256
+
+
+# ----------------------------------------------------------------------------- live training
+
+
+def live(client, methods=("full", "urs", "rpc"), steps=2, budget=0.5, batch=8, group=4, num_eval=4, every=1):
+    return client.submit(list(methods), budget, steps, 3e-4, batch, group, num_eval, every, 0,
+                         api_name="/live_training")
+
+
+def test_live_training_runs_all_three_methods_with_finite_metrics(client):
+    outputs = live(client).result(timeout=240)
+    plot, table, numbers, status = outputs
+    assert "Done" in status and plot["plot"].startswith("data:image/png")
+    summary, records = numbers["summary"], numbers["records"]
+    assert set(summary) == {"full", "urs", "rpc"}
+    for method, result in summary.items():
+        assert result["status"] == "finished" and result["steps"] == 2
+        steps = [r for r in records[method] if r["step"] > 0]
+        assert [r["step"] for r in steps] == [1, 2]
+        for record in steps:
+            for key in ("reward_mean", "update_seconds", "loss", "grad_norm", "activation_bytes"):
+                assert math.isfinite(record[key]), (method, key, record[key])
+            assert record["response_tokens_used"] <= record["response_tokens_generated"]
+        assert 0 <= result["accuracy_last"] <= 1 and records[method][0]["step"] == 0
+    # Full trains on every token; the NAT runs on fewer, and RPC also holds less activation memory.
+    assert summary["full"]["tokens_used"] == summary["full"]["tokens_generated"]
+    for method in ("urs", "rpc"):
+        assert summary[method]["tokens_used"] < summary[method]["tokens_generated"]
+    assert summary["rpc"]["activation_mib"] < summary["full"]["activation_mib"]
+    assert "vs full" in table and "full" in table
+
+
+def test_live_training_stops_when_asked_and_rejects_bad_settings(client):
+    *_, status = live(client, batch=10, group=4).result(timeout=30)
+    assert "must be a multiple of the group size" in status
+    *_, status = live(client, methods=()).result(timeout=30)
+    assert "choose at least one method" in status
+
+    job = live(client, steps=50)
+    deadline = time.time() + 120
+    while "step 1/50" not in str(job.outputs()[-1:]) and not job.done() and time.time() < deadline:
+        time.sleep(0.2)
+    client.predict(api_name="/stop_live_training")
+    plot, table, numbers, status = job.result(timeout=120)
+    assert "Done" in status
+    assert all(result["status"] == "stopped" for result in numbers["summary"].values())
+    assert all(result["steps"] < 50 for result in numbers["summary"].values())
+
+
+# ----------------------------------------------------------------------------- the page in Chromium
+
+
+def test_page_in_headless_chromium_shows_highlighted_tokens(server, tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium is not installed at {CHROMIUM}: `apt-get install chromium` (the end-to-end test "
+                    "drives the real page).")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            page.goto(server)
+            page.get_by_role("tab", name="Tokens").click()
+            prompt = page.get_by_label("prompt", exact=True)
+            prompt.fill("583+29=")
+            prompt.press("Enter")
+            page.get_by_role("button", name="Sample responses").click()
+            page.locator("#nat-tokens .nat-prompt").filter(has_text="583+29=").wait_for(timeout=60_000)
+            kept = page.locator("#nat-tokens .tok.kept")
+            assert kept.count() > 20
+            assert page.locator("#nat-tokens .tok.dropped").count() > 5
+            assert page.locator("#nat-tokens .nat-card").count() == 8
+            assert "reward" in page.locator("#nat-tokens").inner_text()
+            shot = tmp_path / "tokens.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 20_000
+        finally:
+            browser.close()
