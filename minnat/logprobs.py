@@ -55,36 +55,47 @@ class MicroBatch:
 
 
 def plan_micro_batches(starts: torch.Tensor, ends: torch.Tensor, *, max_rows: int | None = None,
-                       padding_tolerance: float = 0.1) -> list[MicroBatch]:
-    """Group rows that need columns [start_b, end_b) into micro-batches with little padding.
+                       overhead_tokens: int = 1024) -> list[MicroBatch]:
+    """Group rows that need columns [start_b, end_b) into micro-batches, trading padding for passes.
 
-    Rows are sorted by needed length (longest first). A micro-batch grows while its padded
-    size rows × (max end − min start) stays within (1 + padding_tolerance) × its real tokens,
-    and while it has at most `max_rows` rows. Rows with end ≤ start need nothing and are skipped.
+    A micro-batch of rows R costs |R| × (max end − min start) padded tokens, and every extra
+    forward pass costs a fixed overhead (kernel launches, Python) worth about `overhead_tokens`
+    tokens. Rows sorted by needed length are split into contiguous groups that minimise
+
+        Σ_groups ( |R_g| × width_g + overhead_tokens )
+
+    by dynamic programming (O(B²), B = rows). overhead_tokens = 0 gives one pass per distinct
+    length and no padding at all; a huge value gives one pass padded to the longest row.
+    Rows with end ≤ start need nothing and are skipped.
     """
     lengths = (ends - starts).tolist()
-    order = sorted((row for row in range(len(lengths)) if lengths[row] > 0), key=lambda row: -lengths[row])
-    batches, current = [], []
-
-    def padded_and_real(rows):
-        start = min(int(starts[row]) for row in rows)
-        end = max(int(ends[row]) for row in rows)
-        return len(rows) * (end - start), sum(lengths[row] for row in rows)
-
-    for row in order:
-        candidate = current + [row]
-        padded, real = padded_and_real(candidate)
-        too_many = max_rows is not None and len(candidate) > max_rows
-        if current and (too_many or padded > (1.0 + padding_tolerance) * real):
-            batches.append(current)
-            current = [row]
-        else:
-            current = candidate
-    if current:
-        batches.append(current)
-    return [MicroBatch(rows=torch.tensor(rows, dtype=torch.long),
-                       start=min(int(starts[r]) for r in rows), end=max(int(ends[r]) for r in rows))
-            for rows in batches]
+    order = sorted((row for row in range(len(lengths)) if lengths[row] > 0), key=lambda row: lengths[row])
+    if not order:
+        return []
+    count = len(order)
+    row_starts = [int(starts[row]) for row in order]
+    row_ends = [int(ends[row]) for row in order]
+    best = [0.0] + [float("inf")] * count  # best[j]: cheapest plan for the first j sorted rows
+    cut_before = [0] * (count + 1)
+    for last in range(1, count + 1):
+        group_start, group_end = row_starts[last - 1], row_ends[last - 1]
+        for first in range(last, 0, -1):  # the group is sorted rows first..last (1-based)
+            size = last - first + 1
+            if max_rows is not None and size > max_rows:
+                break
+            group_start = min(group_start, row_starts[first - 1])
+            group_end = max(group_end, row_ends[first - 1])
+            cost = best[first - 1] + size * (group_end - group_start) + overhead_tokens
+            if cost < best[last]:
+                best[last], cut_before[last] = cost, first - 1
+    batches, last = [], count
+    while last > 0:
+        first = cut_before[last]
+        rows = order[first:last]
+        batches.append(MicroBatch(rows=torch.tensor(rows, dtype=torch.long),
+                                  start=min(row_starts[first:last]), end=max(row_ends[first:last])))
+        last = first
+    return batches[::-1]
 
 
 def _score_hidden(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
@@ -146,7 +157,7 @@ def _check_inputs(input_ids, attention_mask, response_mask, selection):
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       response_mask: torch.Tensor, selection: Selection | None = None, *,
                       temperature: float = 1.0, max_rows_per_micro_batch: int | None = None,
-                      padding_tolerance: float = 0.1, head_chunk_size: int = 1024,
+                      micro_batch_overhead_tokens: int = 1024, head_chunk_size: int = 1024,
                       stats: LogprobStats | None = None) -> torch.Tensor:
     """log π_θ(o_t | q, o_<t) at the response tokens the selection keeps -> float [B, T].
 
@@ -157,6 +168,8 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     selection       None or method "full": every response token; "urs": LM head only at kept
                     positions; "rpc": the model only sees prompt + kept prefix
     temperature     the sampling temperature, so that log π matches the distribution sampled from
+    micro_batch_overhead_tokens  RPC: what one extra forward pass is worth in tokens (see
+                    `plan_micro_batches`); 0 = no padding at all, many passes
     stats           if given, filled with what was passed to the model
 
     Positions not kept are 0 in the output (float32, or float64 for a float64 model).
@@ -183,7 +196,7 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
 
     if selection is not None and selection.method == "rpc":
         micro_batches = plan_micro_batches(starts, ends, max_rows=max_rows_per_micro_batch,
-                                           padding_tolerance=padding_tolerance)
+                                           overhead_tokens=micro_batch_overhead_tokens)
     else:
         # full and URS: one pass over every row that has a scored token (URS gains nothing from
         # cutting: a kept token near the end needs every column before it). Only columns no scored

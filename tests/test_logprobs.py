@@ -78,15 +78,18 @@ def test_rpc_really_shortens_what_the_model_sees():
     full_tokens = counter.body_tokens
     assert full_tokens == 16 * (4 + 40 - 1)  # the last response token is a target, never an input
     selection = select_tokens(response_mask, "rpc", 0.5, torch.Generator().manual_seed(0))
-    counter.body_tokens = counter.head_positions = 0
-    stats = LogprobStats()
-    with torch.no_grad():
-        response_logprobs(model, input_ids, attention_mask, response_mask, selection, stats=stats)
-    needed = int((4 + selection.cut_lengths - 1).sum())
-    assert counter.body_tokens == stats.tokens_to_model
-    assert needed <= counter.body_tokens <= 1.1 * needed  # padding bounded by the tolerance
-    assert counter.body_tokens < 0.75 * full_tokens
-    assert counter.head_positions == int(selection.keep.sum()) == stats.positions_scored
+    needed = int((4 + selection.cut_lengths - 1).sum())  # prompt + prefix, minus the final target
+    for overhead in (0, 1024):
+        counter.body_tokens = counter.head_positions = 0
+        stats = LogprobStats()
+        with torch.no_grad():
+            response_logprobs(model, input_ids, attention_mask, response_mask, selection, stats=stats,
+                              micro_batch_overhead_tokens=overhead)
+        assert counter.body_tokens == stats.tokens_to_model
+        assert counter.head_positions == int(selection.keep.sum()) == stats.positions_scored
+        if overhead == 0:
+            assert counter.body_tokens == needed  # one pass per distinct length: no padding at all
+        assert needed <= counter.body_tokens < 0.75 * full_tokens
 
 
 def test_urs_runs_the_body_fully_but_the_head_only_at_kept_positions():
@@ -118,13 +121,16 @@ def test_gradients_flow_only_through_kept_positions():
     assert model.get_output_embeddings().weight.grad.abs().sum() > 0
 
 
-def test_micro_batch_plan_groups_similar_lengths():
+def test_micro_batch_plan_trades_padding_for_passes():
     starts = torch.zeros(6, dtype=torch.long)
     ends = torch.tensor([100, 98, 10, 12, 0, 40])
-    plan = plan_micro_batches(starts, ends, padding_tolerance=0.25)
+    plan = plan_micro_batches(starts, ends, overhead_tokens=20)
     rows = sorted(sorted(micro.rows.tolist()) for micro in plan)
-    assert rows == [[0, 1], [2, 3], [5]]  # row 4 needs nothing; 40 would pad [0, 1] beyond 25%
-    assert sum(len(m.rows) * (m.end - m.start) for m in plan) <= 1.25 * int(ends.sum())
+    assert rows == [[0, 1], [2, 3], [5]]  # row 4 needs nothing; padding 40 up to 98 costs more than a pass
+    cost = sum(len(m.rows) * (m.end - m.start) + 20 for m in plan)
+    assert cost == 2 * 100 + 2 * 12 + 40 + 3 * 20  # the optimum, found by the dynamic programme
+    assert len(plan_micro_batches(starts, ends, overhead_tokens=10**9)) == 1
+    assert [m.end - m.start for m in plan_micro_batches(starts, ends, overhead_tokens=0)] == [10, 12, 40, 98, 100]
     assert all(len(m.rows) <= 1 for m in plan_micro_batches(starts, ends, max_rows=1))
 
 
