@@ -15,7 +15,7 @@ Mode "update" (default) times the policy-update step alone — no rollout:
 and reports, for each method, budget ρ and response length T:
 
     time_seconds        wall time of forward + backward; repeats interleaved across methods
-                        (median over repeats, averaged over selection draws)
+                        (each repeat's time averaged over the selection draws; median over repeats)
     flops               FLOPs executed by forward + backward (torch.utils.flop_counter.FlopCounterMode;
                         the LM head's recomputation in backward included — it really runs)
     activation_bytes    bytes of tensors saved for backward (minnat.measure.ActivationMeter); with
@@ -53,12 +53,13 @@ LM head and log-softmax on dropped positions: a visible saving only with a large
 (Qwen's 151,936), which `--vocab-size` lets the tiny body show on CPU.
 
 Padding, honestly. `response_logprobs` groups RPC's rows into micro-batches of similar length
-(padding ≤ `--padding-tolerance`), while for full and URS it makes one padded pass over the
-whole batch. A benchmark that kept that asymmetry would credit RPC with removing padding that
-full could have removed too. So by default (`--baseline bucketed`) full and URS run over the
-same length buckets (`plan_micro_batches`, same tolerance), one `response_logprobs` call per
-bucket, all buckets' losses summed before one backward — the same grouping RPC gets, so RPC at
-ρ = 1 costs exactly what full costs. `--baseline padded` measures full and URS the way
+(`plan_micro_batches`: padding traded against a per-pass overhead worth
+`--micro-batch-overhead-tokens` tokens), while for full and URS it makes one padded pass over
+the whole batch. A benchmark that kept that asymmetry would credit RPC with removing padding
+that full could have removed too. So by default (`--baseline bucketed`) full and URS run over
+length buckets planned by the same function with the same overhead, one `response_logprobs`
+call per bucket, all buckets' losses summed before one backward — the grouping RPC gets, so RPC
+at ρ = 1 costs exactly what full costs. `--baseline padded` measures full and URS the way
 `minnat.train` runs them today (one padded pass).
 
 Mode "step" times whole training steps (rollout + update) of `minnat.train.Trainer` on the
@@ -87,7 +88,6 @@ import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from minnat.assets import TINY_QWEN3_DIR
 from minnat.grpo import aggregation_share, policy_loss
 from minnat.logprobs import LogprobStats, plan_micro_batches, response_logprobs
 from minnat.measure import ActivationMeter, stopwatch, synchronize
@@ -135,22 +135,9 @@ register_cpu_attention_flops()
 
 
 # ----------------------------------------------------------------------------- the model
-# The embedded model's architecture (scripts/make_tiny_model.py: MODEL_SHAPE, 100 characters), used
-# only while minnat/assets/tiny-qwen3/ has not been built.
-TINY_FALLBACK = dict(vocab_size=100, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=True,
-                     max_position_embeddings=256)
-
-
 def bench_config(preset: str, vocab_size: int | None = None):
     """The preset's Qwen3Config, optionally with another vocabulary size (e.g. Qwen's 151,936)."""
-    if preset == "tiny" and not (TINY_QWEN3_DIR / "config.json").is_file():
-        from transformers import Qwen3Config
-        print(f"note: {TINY_QWEN3_DIR} is missing; using an equivalent small Qwen3 architecture "
-              "(run scripts/make_tiny_model.py to build the embedded model).", file=sys.stderr)
-        config = Qwen3Config(**TINY_FALLBACK)
-    else:
-        config = preset_config(preset)
+    config = preset_config(preset)
     if vocab_size is not None:
         if vocab_size < 2:
             raise ValueError(f"--vocab-size must be at least 2; got {vocab_size}.")
@@ -320,11 +307,11 @@ def stratified_rpc_selections(batch: BenchBatch, budget: float, draws: int, seed
 
 
 # ----------------------------------------------------------------------------- one policy update
-def length_buckets(batch: BenchBatch, keep: torch.Tensor, padding_tolerance: float) -> list[torch.Tensor]:
+def length_buckets(batch: BenchBatch, keep: torch.Tensor, overhead_tokens: int) -> list[torch.Tensor]:
     """Rows grouped by the columns they need, exactly as `response_logprobs` groups RPC's rows.
 
     Row b needs columns [0, P + last_kept_b − 1) (the prompt has no left padding here), so the
-    groups come from `plan_micro_batches` with the same starts, ends and tolerance.
+    groups come from `plan_micro_batches` with the same starts, ends and per-pass overhead.
     """
     columns = torch.arange(keep.shape[1], device=keep.device)
     last_kept_plus_one = torch.where(keep, columns + 1, torch.zeros_like(columns)).amax(dim=1)
@@ -332,11 +319,11 @@ def length_buckets(batch: BenchBatch, keep: torch.Tensor, padding_tolerance: flo
                        torch.zeros_like(last_kept_plus_one))
     first_real = batch.attention_mask.long().argmax(dim=1).to(keep.device)
     starts = torch.minimum(first_real, ends)
-    return [micro.rows for micro in plan_micro_batches(starts.cpu(), ends.cpu(), padding_tolerance=padding_tolerance)]
+    return [micro.rows for micro in plan_micro_batches(starts.cpu(), ends.cpu(), overhead_tokens=overhead_tokens)]
 
 
 def policy_update_loss(model, batch: BenchBatch, selection: Selection, *, baseline: str = "bucketed",
-                       padding_tolerance: float = 0.1, stats: LogprobStats | None = None,
+                       overhead_tokens: int = 1024, stats: LogprobStats | None = None,
                        loss_agg: str = "seq-mean-token-mean") -> torch.Tensor:
     """The forward half of one on-policy GRPO update (μ = 1, old log-probs = detached current ones).
 
@@ -351,13 +338,13 @@ def policy_update_loss(model, batch: BenchBatch, selection: Selection, *, baseli
     if selection.method == "rpc" or baseline == "padded":
         groups = [None]  # the whole batch in one call
     else:
-        groups = length_buckets(batch, selection.keep, padding_tolerance)
+        groups = length_buckets(batch, selection.keep, overhead_tokens)
     total = None
     for rows in groups:
         part, part_selection = (batch, selection) if rows is None else \
             (batch.rows(rows.to(batch.input_ids.device)), selection.rows(rows.to(selection.keep.device)))
         logprobs = response_logprobs(model, part.input_ids, part.attention_mask, part.response_mask,
-                                     part_selection, padding_tolerance=padding_tolerance, stats=stats)
+                                     part_selection, micro_batch_overhead_tokens=overhead_tokens, stats=stats)
         loss = policy_loss(logprobs, logprobs.detach(), part.advantages, part.response_mask,
                            weights=part_selection.weights.to(logprobs.dtype), loss_agg=loss_agg)
         loss = loss * aggregation_share(part.response_mask, batch.response_mask, loss_agg)
@@ -417,7 +404,7 @@ class Case:
 
 
 def measure_response_length(model, batch: BenchBatch, budgets: list[float], *, draws: int, repeats: int,
-                            device: str, seed: int, baseline: str, padding_tolerance: float,
+                            device: str, seed: int, baseline: str, overhead_tokens: int,
                             cut_distribution: str, cut_sampling: str = "stratified", log=print) -> list[dict]:
     """All rows (full, then URS and RPC at every budget) for one batch, every ratio against full on it."""
     cases = [Case("full", 1.0, draw, draw_selection(batch, "full", 1.0, selection_seed(seed, draw)))
@@ -432,7 +419,7 @@ def measure_response_length(model, batch: BenchBatch, budgets: list[float], *, d
                    for draw in range(draws)]
         cases += [Case("rpc", budget, draw, selection) for draw, selection in enumerate(rpc)]
     device_batch = batch.to(device)
-    options = dict(baseline=baseline, padding_tolerance=padding_tolerance)
+    options = dict(baseline=baseline, overhead_tokens=overhead_tokens)
 
     # Warm-up: the first passes pay for allocator growth and kernel selection.
     for case in cases[:1] + [c for c in cases if c.method == "rpc"][:1]:
@@ -460,14 +447,13 @@ def measure_response_length(model, batch: BenchBatch, budgets: list[float], *, d
     groups = [("full", 1.0)] + [(method, budget) for budget in budgets for method in ("urs", "rpc")]
     for method, budget in groups:
         members = [case for case in cases if case.method == method and case.budget == budget]
-        per_draw_median = [statistics.median(times[id(case)]) for case in members]
         # repeat r's time of this method, averaged over draws: pairs with full's repeat r below
         per_repeat = [statistics.fmean(times[id(case)][r] for case in members) for r in range(repeats)]
         row = {
             "method": method, "budget": budget, "response_length": batch.response_length,
             "prompt_length": batch.prompt_length, "batch_size": int(batch.input_ids.shape[0]),
             "draws": len(members), "repeats": repeats,
-            "time_seconds": statistics.fmean(per_draw_median),
+            "time_seconds": statistics.median(per_repeat),
             "time_seconds_min": min(min(times[id(case)]) for case in members),
             "time_seconds_max": max(max(times[id(case)]) for case in members),
             "time_seconds_per_repeat": per_repeat,
@@ -707,13 +693,13 @@ def run_update_benchmark(options, log=print) -> list[dict]:
         started = time.perf_counter()
         point = measure_response_length(model, batch, options.budgets, draws=options.draws, repeats=options.repeats,
                                         device=device, seed=options.seed, baseline=options.baseline,
-                                        padding_tolerance=options.padding_tolerance,
+                                        overhead_tokens=options.micro_batch_overhead_tokens,
                                         cut_distribution=options.cut_distribution,
                                         cut_sampling=options.cut_sampling, log=log)
         for row in point:
             row.update(preset=options.preset, vocab_size=model.config.vocab_size, device=device,
                        dtype=str(dtype).replace("torch.", ""), gradient_checkpointing=options.gradient_checkpointing,
-                       baseline=options.baseline, padding_tolerance=options.padding_tolerance,
+                       baseline=options.baseline, micro_batch_overhead_tokens=options.micro_batch_overhead_tokens,
                        cut_distribution=options.cut_distribution, cut_sampling=options.cut_sampling)
         rows += point
         write_reports(rows, out, header, final=False)  # partial results survive an interruption
@@ -773,25 +759,34 @@ def run_step_benchmark(options, log=print) -> list[dict]:
                      "tokens_to_model": statistics.fmean(r.get("tokens_to_model", 0) for r in measured),
                      "response_tokens_generated_per_step": [r["response_tokens_generated"] for r in measured],
                      "reward_mean_per_step": [r["reward_mean"] for r in measured]})
+    # The rollouts are identical for every method, so their times differ only by measurement noise:
+    # the step ratio with their common median isolates what NAT changes.
+    shared_rollout = statistics.median(r["rollout_seconds"] for case in cases for r in records[case][1:])
     full = rows[0]
     for row in rows:
         row["update_ratio"] = row["update_seconds"] / full["update_seconds"]
         row["step_ratio"] = row["step_seconds"] / full["step_seconds"]
+        row["shared_rollout_seconds"] = shared_rollout
+        row["step_ratio_shared_rollout"] = (shared_rollout + row["update_seconds"]) / \
+            (shared_rollout + full["update_seconds"])
     out = Path(options.out)
     (out / "step.json").write_text(json.dumps(rows, indent=1))
     header = ["method", "ρ", "rollout (s)", "update (s)", "step (s)", "update share of step", "update ratio",
-              "step ratio", "resp. tokens used / generated"]
+              "step ratio", "step ratio, shared rollout", "resp. tokens used / generated"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         lines.append(f"| {row['method']} | {row['budget']:g} | {row['rollout_seconds']:.2f} | "
                      f"{row['update_seconds']:.2f} | {row['step_seconds']:.2f} | {row['update_share']:.0%} | "
-                     f"{row['update_ratio']:.3f} | {row['step_ratio']:.3f} | "
+                     f"{row['update_ratio']:.3f} | {row['step_ratio']:.3f} | {row['step_ratio_shared_rollout']:.3f} | "
                      f"{row['response_tokens_used']:.0f} / {row['response_tokens_generated']:.0f} |")
+    rollouts = [row["rollout_seconds"] for row in rows]
     markdown = (f"# NAT: whole training steps\n\nmodel {options.model}, task {options.task}, batch "
                 f"{options.batch_size} (group {options.group_size}), max {options.max_new_tokens} new tokens; median of "
                 f"{options.steps} steps after one warm-up step, methods interleaved, identical rollouts "
                 "(learning rate 0).\n\n" + "\n".join(lines) + "\n\nNAT only changes the update; the rollout "
-                "(generation) is untouched, so the step ratio is bounded below by the rollout's share.\n")
+                "(generation) is untouched, so the step ratio is bounded below by the rollout's share. The rollouts "
+                f"are identical for every method, so their spread ({min(rollouts):.2f}–{max(rollouts):.2f} s) is "
+                f"measurement noise; the last ratio uses their common median ({shared_rollout:.2f} s).\n")
     (out / "step.md").write_text(markdown)
     log("\n" + markdown)
     return rows
@@ -824,7 +819,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
     add("--gradient-checkpointing", action="store_true",
         help="recompute each layer in backward (needed to fit the large presets with long responses)")
-    add("--batch-size", type=int, default=None, help="responses per batch (default 8 in update mode, 64 in step mode)")
+    add("--batch-size", type=int, default=None,
+        help="responses per batch (None: 8 in update mode, the trainer's default in step mode)")
     add("--prompt-length", type=int, default=64, help="P: prompt tokens per row (update mode)")
     add("--response-lengths", type=comma_list(int, "--response-lengths"), default=[256, 512, 1024],
         help="comma-separated T values; each row's response length is uniform in [T/2, T] (update mode)")
@@ -835,7 +831,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--baseline", choices=BASELINES, default="bucketed",
         help="bucketed: full and URS grouped by length like RPC's micro-batches (fair, default); padded: "
              "one padded pass, as minnat.train runs them")
-    add("--padding-tolerance", type=float, default=0.1, help="micro-batch padding allowed (fraction of real tokens)")
+    add("--micro-batch-overhead-tokens", type=int, default=1024,
+        help="what one extra forward pass is worth in padded tokens when rows are grouped into micro-batches "
+             "(minnat.logprobs.plan_micro_batches; 0 = no padding, one pass per length)")
     add("--cut-distribution", choices=RPC_CUT_DISTRIBUTIONS, default="uniform-floor", help="RPC cut distribution")
     add("--cut-sampling", choices=CUT_SAMPLINGS, default="stratified",
         help="RPC draws of a point: stratified cut fractions (exact RPC law per row, balanced across draws, "
@@ -848,24 +846,31 @@ def build_parser() -> argparse.ArgumentParser:
     add("--task", default="arithmetic", help="step mode: arithmetic (embedded) or gsm8k")
     add("--data-path", default=None, help="step mode: GSM8K-format JSONL file or folder")
     add("--steps", type=int, default=3, help="step mode: measured trainer steps per method (after one warm-up step)")
-    add("--group-size", type=int, default=8, help="step mode: responses per question")
-    add("--max-new-tokens", type=int, default=80, help="step mode: longest response")
+    add("--group-size", type=int, default=None, help="step mode: responses per question (None: the trainer's default)")
+    add("--max-new-tokens", type=int, default=None, help="step mode: longest response (None: the trainer's default)")
     add("--num-eval", type=int, default=8, help="step mode: questions in the trainer's (unreported) evaluations")
     return parser
 
 
 def check_options(options) -> None:
     options.budgets = [check_budget(budget) for budget in options.budgets]
+    from minnat.train import TrainConfig
+
+    trainer_defaults = TrainConfig()
     if options.batch_size is None:
-        options.batch_size = 8 if options.mode == "update" else 64
+        options.batch_size = 8 if options.mode == "update" else trainer_defaults.batch_size
+    if options.group_size is None:
+        options.group_size = trainer_defaults.group_size
+    if options.max_new_tokens is None:
+        options.max_new_tokens = trainer_defaults.max_new_tokens
     for name in ("batch_size", "prompt_length", "draws", "repeats", "steps", "group_size", "max_new_tokens",
                  "num_eval"):
         if getattr(options, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(options, name)}.")
     if any(length < 1 for length in options.response_lengths):
         raise ValueError(f"--response-lengths must be positive; got {options.response_lengths}.")
-    if not 0 <= options.padding_tolerance:
-        raise ValueError(f"--padding-tolerance must be ≥ 0; got {options.padding_tolerance}.")
+    if options.micro_batch_overhead_tokens < 0:
+        raise ValueError(f"--micro-batch-overhead-tokens must be ≥ 0; got {options.micro_batch_overhead_tokens}.")
     if options.threads < 0:
         raise ValueError(f"--threads must be ≥ 0; got {options.threads}.")
 

@@ -209,7 +209,7 @@ def test_step_mode_times_trainer_steps_on_identical_rollouts(tmp_path):
     assert rows[0]["update_ratio"] == rows[0]["step_ratio"] == 1.0
     for row in rows:
         assert row["steps"] == 2 and row["rollout_seconds"] > 0 and row["update_seconds"] > 0
-        assert 0 < row["update_share"] < 1
+        assert 0 < row["update_share"] < 1 and row["step_ratio_shared_rollout"] > 0
         # learning rate 0 and a per-step seed: every method trained on the very same rollouts
         assert row["response_tokens_generated_per_step"] == rows[0]["response_tokens_generated_per_step"]
         assert row["reward_mean_per_step"] == rows[0]["reward_mean_per_step"]
