@@ -7,6 +7,8 @@ phone home, and the page is served from 127.0.0.1).
 import math
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -292,3 +294,11 @@ def test_page_in_headless_chromium_shows_highlighted_tokens(server, tmp_path):
             assert shot.stat().st_size > 20_000
         finally:
             browser.close()
+
+
+def test_command_line_refuses_an_unloadable_model_with_a_sentence():
+    result = subprocess.run([sys.executable, "app.py", "--model", "/no/such/folder", "--port", str(free_port())],
+                            cwd=Path(app.__file__).parent, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "error: the model folder '/no/such/folder' does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
