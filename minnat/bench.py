@@ -392,6 +392,27 @@ def timed_step(model, batch: BenchBatch, selection: Selection, device: str,
     return times["step"], peak, (peak - at_start if is_cuda else None)
 
 
+def calibrate_pass_overhead(model, device: str, vocab_size: int, longest: int, repeats: int = 5) -> int:
+    """What one extra forward + backward pass is worth in tokens, on this model and device.
+
+    `plan_micro_batches` trades padding against a fixed per-pass cost given in tokens; the right
+    value depends on the model and the hardware (a 2-layer model on a CPU pays a few
+    milliseconds per pass, a few dozen tokens' worth). We time single-row policy updates of
+    n₁ = 32 and n₂ = `longest` tokens (median of `repeats`), fit t(n) = a + b·n, and return a/b.
+    """
+    def seconds(tokens: int) -> float:
+        batch = make_batch(1, 8, max(tokens - 8, 1), vocab_size, seed=0, shortest_fraction=1.0).to(device)
+        selection = draw_selection(batch, "full", 1.0, seed=0).to(device)
+        timed_step(model, batch, selection, device, baseline="padded")  # warm-up
+        return statistics.median(timed_step(model, batch, selection, device, baseline="padded")[0]
+                                 for _ in range(repeats))
+
+    short, long = 32, max(longest, 64)
+    short_seconds, long_seconds = seconds(short), seconds(long)
+    per_token = max(long_seconds - short_seconds, 1e-12) / (long - short)
+    return max(0, round((short_seconds - per_token * short) / per_token))
+
+
 # ----------------------------------------------------------------------------- one benchmark point
 @dataclass
 class Case:
@@ -654,7 +675,8 @@ def describe_run(options, model, dtype, device) -> str:
             f"{device}{', gradient checkpointing' if options.gradient_checkpointing else ''}; batch "
             f"{options.batch_size} × (prompt {options.prompt_length} + response L ~ U[T/2, T]); "
             f"{options.draws} selection draws ({options.cut_sampling} RPC cuts) × {options.repeats} interleaved "
-            f"repeats; baseline {options.baseline}")
+            f"repeats; baseline {options.baseline}; micro-batch pass overhead {options.micro_batch_overhead_tokens} "
+            f"tokens{' (calibrated)' if getattr(options, 'overhead_calibrated', False) else ''}")
 
 
 def write_reports(rows: list[dict], out: Path, header: str, final: bool) -> str:
@@ -682,6 +704,11 @@ def run_update_benchmark(options, log=print) -> list[dict]:
     out = Path(options.out)
     model = build_model(options.preset, vocab_size=options.vocab_size, dtype=dtype, device=device,
                         gradient_checkpointing=options.gradient_checkpointing, seed=options.seed)
+    if options.micro_batch_overhead_tokens == "auto":
+        longest = options.prompt_length + max(options.response_lengths)
+        options.micro_batch_overhead_tokens = calibrate_pass_overhead(model, device, model.config.vocab_size, longest)
+        options.overhead_calibrated = True
+        log(f"calibrated: one extra pass costs about {options.micro_batch_overhead_tokens} tokens' worth of compute")
     header = describe_run(options, model, dtype, device)
     log(f"benchmark: {header}")
     rows = []
@@ -700,6 +727,7 @@ def run_update_benchmark(options, log=print) -> list[dict]:
             row.update(preset=options.preset, vocab_size=model.config.vocab_size, device=device,
                        dtype=str(dtype).replace("torch.", ""), gradient_checkpointing=options.gradient_checkpointing,
                        baseline=options.baseline, micro_batch_overhead_tokens=options.micro_batch_overhead_tokens,
+                       micro_batch_overhead_calibrated=getattr(options, "overhead_calibrated", False),
                        cut_distribution=options.cut_distribution, cut_sampling=options.cut_sampling)
         rows += point
         write_reports(rows, out, header, final=False)  # partial results survive an interruption
@@ -805,6 +833,16 @@ def comma_list(kind, name):
     return parse
 
 
+def overhead_tokens_arg(text: str):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--micro-batch-overhead-tokens takes a whole number of tokens or 'auto'; "
+                                         f"got {text!r}.") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m minnat.bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -831,9 +869,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--baseline", choices=BASELINES, default="bucketed",
         help="bucketed: full and URS grouped by length like RPC's micro-batches (fair, default); padded: "
              "one padded pass, as minnat.train runs them")
-    add("--micro-batch-overhead-tokens", type=int, default=1024,
+    add("--micro-batch-overhead-tokens", type=overhead_tokens_arg, default=1024,
         help="what one extra forward pass is worth in padded tokens when rows are grouped into micro-batches "
-             "(minnat.logprobs.plan_micro_batches; 0 = no padding, one pass per length)")
+             "(minnat.logprobs.plan_micro_batches; 0 = no padding, one pass per length; 'auto' = measure it on "
+             "this model and device first); the default is response_logprobs' default")
     add("--cut-distribution", choices=RPC_CUT_DISTRIBUTIONS, default="uniform-floor", help="RPC cut distribution")
     add("--cut-sampling", choices=CUT_SAMPLINGS, default="stratified",
         help="RPC draws of a point: stratified cut fractions (exact RPC law per row, balanced across draws, "
@@ -869,8 +908,8 @@ def check_options(options) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(options, name)}.")
     if any(length < 1 for length in options.response_lengths):
         raise ValueError(f"--response-lengths must be positive; got {options.response_lengths}.")
-    if options.micro_batch_overhead_tokens < 0:
-        raise ValueError(f"--micro-batch-overhead-tokens must be ≥ 0; got {options.micro_batch_overhead_tokens}.")
+    if options.micro_batch_overhead_tokens != "auto" and options.micro_batch_overhead_tokens < 0:
+        raise ValueError(f"--micro-batch-overhead-tokens must be ≥ 0 or 'auto'; got {options.micro_batch_overhead_tokens}.")
     if options.threads < 0:
         raise ValueError(f"--threads must be ≥ 0; got {options.threads}.")
 

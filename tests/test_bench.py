@@ -267,3 +267,15 @@ def test_stratified_rpc_cuts_have_rpc_law_and_balanced_totals(cut_distribution, 
         assert stratified_std < 0.5 * independent_std
     else:
         assert stratified_std == independent_std == 0.0
+
+
+def test_pass_overhead_calibration_and_its_flag(capsys):
+    model, _ = make_model_and_batch()
+    overhead = bench.calibrate_pass_overhead(model.float(), "cpu", vocab_size=32, longest=96, repeats=1)
+    assert isinstance(overhead, int) and overhead >= 0
+    options = bench.build_parser().parse_args(["--micro-batch-overhead-tokens", "auto"])
+    assert options.micro_batch_overhead_tokens == "auto"
+    assert bench.build_parser().parse_args(["--micro-batch-overhead-tokens", "0"]).micro_batch_overhead_tokens == 0
+    with pytest.raises(SystemExit):
+        bench.build_parser().parse_args(["--micro-batch-overhead-tokens", "lots"])
+    assert "whole number of tokens or 'auto'" in capsys.readouterr().err
