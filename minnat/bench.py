@@ -103,7 +103,7 @@ RPC_TARGETS = {"flops_ratio": 0.55, "activation_ratio": 0.55, "time_ratio": 0.60
 BASELINES = ("bucketed", "padded")
 CUT_SAMPLINGS = ("stratified", "independent")
 # Each ratio and the field it divides by full's on the same batch.
-RATIOS = {"time_ratio": "time_seconds", "flops_ratio": "flops", "activation_ratio": "activation_bytes",
+RATIOS = {"time_ratio": "time_seconds", "time_ratio_best": "time_seconds_best", "flops_ratio": "flops", "activation_ratio": "activation_bytes",
           "peak_memory_ratio": "peak_memory_bytes", "peak_step_memory_ratio": "peak_step_memory_bytes",
           "tokens_to_model_ratio": "tokens_to_model"}
 
@@ -475,6 +475,7 @@ def measure_response_length(model, batch: BenchBatch, budgets: list[float], *, d
             "prompt_length": batch.prompt_length, "batch_size": int(batch.input_ids.shape[0]),
             "draws": len(members), "repeats": repeats,
             "time_seconds": statistics.median(per_repeat),
+            "time_seconds_best": min(per_repeat),
             "time_seconds_min": min(min(times[id(case)]) for case in members),
             "time_seconds_max": max(max(times[id(case)]) for case in members),
             "time_seconds_per_repeat": per_repeat,
@@ -530,7 +531,7 @@ def fmt_ratio(value) -> str:
 def markdown_table(rows: list[dict]) -> str:
     """One line per (response length, method, budget), ratios against full on the same batch."""
     has_peak = any(row.get("peak_memory_bytes") is not None for row in rows)
-    header = ["T", "method", "ρ", "tokens to model", "resp. tokens used", "time (s)", "time ratio [min–max]",
+    header = ["T", "method", "ρ", "tokens to model", "resp. tokens used", "time (s)", "time ratio [min–max]", "best",
               "FLOPs", "FLOPs ratio", "act. bytes", "act. ratio"]
     if has_peak:
         header += ["peak mem", "peak ratio", "peak above weights", "ratio"]
@@ -542,6 +543,7 @@ def markdown_table(rows: list[dict]) -> str:
                  f"{row['response_tokens_used']:.0f} ({row['used_fraction']:.2f})",
                  f"{row['time_seconds']:.3f}",
                  f"{row['time_ratio']:.3f} [{row['time_ratio_min']:.2f}–{row['time_ratio_max']:.2f}]",
+                 f"{row['time_ratio_best']:.3f}",
                  fmt_count(row["flops"]), fmt_ratio(row["flops_ratio"]),
                  fmt_count(row["activation_bytes"], "B"), fmt_ratio(row["activation_ratio"])]
         if has_peak:
@@ -580,6 +582,7 @@ def target_checks(rows: list[dict], budget: float = 0.5) -> list[str]:
                 continue
             verdict = ("met" if value <= limit else f"MISSED by {value - limit:.3f}") if in_scope else "n/a"
             verdicts.append(f"{name} {value:.3f} (target ≤ {limit}: {verdict})")
+        verdicts.append(f"best-of-{row['repeats']} time ratio {row['time_ratio_best']:.3f}")
         if row.get("peak_memory_ratio") is not None:
             verdicts.append(f"peak_memory_ratio {row['peak_memory_ratio']:.3f}")
         scope = "" if in_scope else (f" — prompt share {share:.0%} > {RESPONSE_DOMINATED_PROMPT_SHARE:.0%}: not the "
@@ -605,11 +608,17 @@ def explain_misses(rows: list[dict], budget: float = 0.5) -> list[str]:
                          "from below.")
         if row.get("time_ratio") is not None and row["time_ratio"] > RPC_TARGETS["time_ratio"]:
             full = full_by_length[row["response_length"]]
-            notes.append(f"T={row['response_length']}: time ratio {row['time_ratio']:.3f} vs FLOPs ratio "
-                         f"{row['flops_ratio']:.3f}: RPC ran {row['micro_batches']:.1f} micro-batches (full "
-                         f"{full['micro_batches']:.1f}); smaller matrix products run less efficiently and every "
-                         "call pays fixed overhead, so time falls less than FLOPs (repeat spread "
-                         f"{row['time_ratio_min']:.2f}–{row['time_ratio_max']:.2f}).")
+            note = (f"T={row['response_length']}: median time ratio {row['time_ratio']:.3f} vs FLOPs ratio "
+                    f"{row['flops_ratio']:.3f}; per-repeat ratios spread {row['time_ratio_min']:.2f}–"
+                    f"{row['time_ratio_max']:.2f}, ")
+            if row["time_ratio_best"] <= RPC_TARGETS["time_ratio"]:
+                note += (f"and the fastest repeats give {row['time_ratio_best']:.3f}: the median is disturbed by other "
+                         "work on the machine (repeat more, or run on an idle machine).")
+            else:
+                note += (f"best {row['time_ratio_best']:.3f}: RPC ran {row['micro_batches']:.1f} micro-batches (full "
+                         f"{full['micro_batches']:.1f}); smaller matrix products run less efficiently and every pass "
+                         "pays a fixed overhead, so time falls less than FLOPs.")
+            notes.append(note)
     return notes
 
 
@@ -685,8 +694,10 @@ def write_reports(rows: list[dict], out: Path, header: str, final: bool) -> str:
     checks, notes = target_checks(rows), explain_misses(rows)
     markdown = "\n".join([
         f"# NAT cost benchmark\n\n{header}\n",
-        "Ratios are against full GRPO on the same batch; time ratio [min–max] pairs each repeat with full's "
-        "same repeat.\n",
+        "Ratios are against full GRPO on the same batch. Time: each repeat's time is averaged over the draws; "
+        "'time ratio' divides the medians over repeats, [min–max] is the range of the per-repeat ratios (each repeat "
+        "paired with full's same repeat), 'best' divides the fastest repeats (the least disturbed by other work on "
+        "the machine).\n",
         markdown_table(rows), "",
         f"Paper ({PAPER['model']}, GPU, RPC at ~{PAPER['budget']:.0%} of tokens): time ratio {PAPER['time_ratio']}, "
         f"peak memory ratio {PAPER['peak_memory_ratio']}.", "",
@@ -865,7 +876,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--budgets", type=comma_list(float, "--budgets"), default=[0.25, 0.5, 0.75],
         help="comma-separated budgets ρ for URS and RPC (in step mode default: 0.5)")
     add("--draws", type=int, default=3, help="NAT selection draws averaged per point (update mode)")
-    add("--repeats", type=int, default=3, help="interleaved timing repeats per draw (update mode)")
+    add("--repeats", type=int, default=5, help="interleaved timing repeats per draw (update mode)")
     add("--baseline", choices=BASELINES, default="bucketed",
         help="bucketed: full and URS grouped by length like RPC's micro-batches (fair, default); padded: "
              "one padded pass, as minnat.train runs them")
