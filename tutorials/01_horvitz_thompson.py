@@ -18,8 +18,8 @@
 #
 # NAT ("Not All Tokens Are Needed") trains a language model with GRPO on a **random subset**
 # of the response tokens and still gets, in expectation, exactly the full-token loss and
-# gradient. The whole trick is a 70-year-old estimator from survey sampling: the
-# **Horvitz–Thompson (HT) estimator**. This tutorial builds it from scratch, on plain
+# gradient. The whole trick is an estimator from survey sampling (Horvitz and Thompson, 1952):
+# the **Horvitz–Thompson (HT) estimator**. This tutorial builds it from scratch, on plain
 # numbers, before any language model appears:
 #
 # 1. estimating a total from a sample whose inclusion probabilities $\pi_t$ are known;

@@ -231,3 +231,8 @@ for flag in command.split()[::2]:
 #
 # **Next:** [tutorial 5](05_scaling_up.ipynb) — Qwen3-0.6B on GSM8K on one GPU, and NAT
 # inside your own trainer.
+
+# %%
+import shutil
+
+shutil.rmtree(RUNS)  # the run folders (metrics, checkpoints) were temporary; skip this cell to keep them

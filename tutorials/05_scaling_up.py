@@ -499,3 +499,8 @@ assert errors[-1] < 0.5 * typical_single, "averaging unbiased draws converges to
 #   is the whole recipe; the CPU rehearsal runs the same code offline.
 # * Carrying NAT into another trainer is three lines — select, (RPC) slice, weight — plus the
 #   discipline of leaving the normaliser alone.
+
+# %%
+import shutil
+
+shutil.rmtree(WORK)  # the fixture and the rehearsal's run folder were temporary; skip this cell to keep them
