@@ -32,6 +32,7 @@ that model's lock. Live training gives each run its own model copy (the Trainer 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
 import math
 import os
@@ -170,12 +171,12 @@ def method_label(method: str, budget: float | None = None) -> str:
     return name if method == "full" or budget is None else f"{name} ρ={budget:g}"
 
 
+@contextlib.contextmanager
 def seeded(seed: int):
-    """Sampling with a fixed seed without disturbing the random stream other threads use."""
-    fork = torch.random.fork_rng(devices=[])
-    fork.__enter__()
-    torch.manual_seed(int(seed))
-    return fork
+    """Sample with a fixed seed, then put torch's global random state back as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        yield
 
 
 # ============================================================================= view 1: tokens
@@ -219,13 +220,9 @@ def example_for_prompt(task, text: str) -> tuple[Example, bool]:
 
 def sample_group(loaded: LoadedModel, task, prompt: str, group_size: int, seed: int) -> SampledGroup:
     example, has_reference = example_for_prompt(task, prompt)
-    with loaded.lock:
-        fork = seeded(seed)
-        try:
-            batch = generate(loaded.model, loaded.tokenizer, task, [example], group_size=group_size,
-                             max_new_tokens=loaded.max_new_tokens, temperature=1.0)
-        finally:
-            fork.__exit__(None, None, None)
+    with loaded.lock, seeded(seed):
+        batch = generate(loaded.model, loaded.tokenizer, task, [example], group_size=group_size,
+                         max_new_tokens=loaded.max_new_tokens, temperature=1.0)
     special_ids = set(loaded.tokenizer.all_special_ids)
     prompt_columns = batch.prompt_columns
     texts, special = [], []
@@ -433,13 +430,9 @@ HT_TABLE_HEADERS = ["position t"] + [f"{name} {quantity}" for name in
 
 def sample_training_batch(loaded: LoadedModel, task, num_prompts: int, group_size: int, seed: int):
     examples = random.Random(seed).sample(task.train_examples, num_prompts)
-    with loaded.lock:
-        fork = seeded(seed)
-        try:
-            return generate(loaded.model, loaded.tokenizer, task, examples, group_size=group_size,
-                            max_new_tokens=loaded.max_new_tokens, temperature=1.0)
-        finally:
-            fork.__exit__(None, None, None)
+    with loaded.lock, seeded(seed):
+        return generate(loaded.model, loaded.tokenizer, task, examples, group_size=group_size,
+                        max_new_tokens=loaded.max_new_tokens, temperature=1.0)
 
 
 def agreement_figure(results, num_draws: int) -> Figure:
@@ -882,14 +875,18 @@ def build_app(model_name: str = EMBEDDED_MODEL, task_name: str = "arithmetic", d
 
                 token_inputs = [model_state, group_state, methods, budget, draw_seed, cut]
                 token_outputs = [tokens_html, tokens_table, tokens_json, tokens_status]
-                sample_button.click(sample_clicked,
-                                    [model_state, prompt, group_size, sample_seed, methods, budget, draw_seed, cut],
-                                    token_outputs + [group_state], api_name="sample")
-                draw_button.click(draw_again, token_inputs, [draw_seed] + token_outputs, api_name="draw_again")
+                # One queue for every Tokens event, in order: a click right after the page opens cannot be
+                # overwritten by the sample the page load started (generation is serialised by the lock anyway).
+                in_order = dict(concurrency_id="tokens", concurrency_limit=1)
+                sample_inputs = [model_state, prompt, group_size, sample_seed, methods, budget, draw_seed, cut]
+                sample_button.click(sample_clicked, sample_inputs, token_outputs + [group_state], api_name="sample",
+                                    **in_order)
+                draw_button.click(draw_again, token_inputs, [draw_seed] + token_outputs, api_name="draw_again",
+                                  **in_order)
                 for control in (methods, cut):
-                    control.change(redraw, token_inputs, token_outputs, api_name=False)
-                budget.release(redraw, token_inputs, token_outputs, api_name="redraw")
-                draw_seed.submit(redraw, token_inputs, token_outputs, api_name=False)
+                    control.change(redraw, token_inputs, token_outputs, api_name=False, **in_order)
+                budget.release(redraw, token_inputs, token_outputs, api_name="redraw", **in_order)
+                draw_seed.submit(redraw, token_inputs, token_outputs, api_name=False, **in_order)
 
             # ------------------------------------------------------------------ HT weights
             with gr.Tab("HT weights", id="weights"):
@@ -1137,8 +1134,7 @@ def build_app(model_name: str = EMBEDDED_MODEL, task_name: str = "arithmetic", d
                     concurrency_limit=4)
                 live_stop.click(live_stopped, [live_state], [live_status], api_name="stop_live_training")
 
-        demo.load(sample_clicked, [model_state, prompt, group_size, sample_seed, methods, budget, draw_seed, cut],
-                  token_outputs + [group_state], api_name=False)
+        demo.load(sample_clicked, sample_inputs, token_outputs + [group_state], api_name=False, **in_order)
     return demo
 
 

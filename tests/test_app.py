@@ -279,6 +279,7 @@ def test_page_in_headless_chromium_shows_highlighted_tokens(server, tmp_path):
             page = browser.new_page(viewport={"width": 1300, "height": 900})
             page.goto(server)
             page.get_by_role("tab", name="Tokens").click()
+            page.locator("#nat-tokens .nat-card").first.wait_for(timeout=60_000)  # the sample the page opens with
             prompt = page.get_by_label("prompt", exact=True)
             prompt.fill("583+29=")
             prompt.press("Enter")
