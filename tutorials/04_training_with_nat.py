@@ -67,9 +67,9 @@ RUNS = pathlib.Path(tempfile.mkdtemp(prefix="minnat-tutorial4-"))   # run folder
 #    loss with the weights, backward, AdamW step.
 #
 # Only step 3 (and what step 4 has to compute) differs between the runs. We use small batches
-# (6 questions × 8 answers) and 10 steps, with the CLI's default learning rate of 3e-4. (The
-# warm-started model's flaw is a single habit — forgetting carries — so a few steps fix it; at
-# 1e-3 this tiny policy collapses to reward 0 instead: RL learning rates must stay small.)
+# (6 questions × 8 answers), 10 steps and a learning rate of 3e-4. (The warm-started model's
+# flaw is a single habit — forgetting carries — so a few steps fix it; at 1e-3 this tiny policy
+# collapses to reward 0 instead: RL learning rates must stay small.)
 
 # %%
 STEPS, BATCH, GROUP = 10, 48, 8
@@ -213,10 +213,13 @@ trained = TrainConfig(**common, **methods["RPC ρ=0.5"], out="runs/tutorial-rpc"
 for flag in command.split()[::2]:
     field = flag[2:].replace("-", "_")
     assert getattr(from_cli, field) == getattr(trained, field), f"{flag} differs from the run above"
+defaults = TrainConfig()
+print(f"with no flags: {defaults.method} ρ={defaults.budget:g}, {defaults.steps} steps of {defaults.batch_size} "
+      f"responses, learning rate {defaults.learning_rate:g}, on {defaults.model!r} / {defaults.task!r}")
 
 # %% [markdown]
-# With no flags at all, `python -m minnat.train` runs the full-size CPU demo (RPC at
-# ρ = ½, 60 steps of 128 responses, a few minutes). `scripts/compare_methods.py` runs full,
+# With no flags at all, `python -m minnat.train` runs the full-size CPU demo (the defaults
+# printed above; a few minutes). `scripts/compare_methods.py` runs full,
 # URS and RPC over several seeds and plots mean and spread — the honest way to compare
 # learning curves.
 #
