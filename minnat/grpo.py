@@ -99,7 +99,7 @@ def token_terms(logprobs, old_logprobs, advantages, response_mask, *, ref_logpro
         if ref_logprobs is None:
             raise ValueError("kl_coef > 0 needs ref_logprobs (log-probs of the frozen reference model).")
         ref_minus_policy = torch.where(mask, ref_logprobs - logprobs, torch.zeros_like(logprobs))
-        kl = torch.exp(ref_minus_policy) - ref_minus_policy - 1.0
+        kl = torch.expm1(ref_minus_policy) - ref_minus_policy  # = e^d − d − 1, accurate for small d
         loss = loss + kl_coef * kl
     zero = torch.zeros_like(loss)
     return torch.where(mask, loss, zero), ratio, is_clipped, torch.where(mask, kl, zero)

@@ -3,7 +3,7 @@
 The policy-gradient loss needs log π_θ(o_t | q, o_<t) for the kept response tokens. Where
 the saving comes from depends on the selection:
 
-* full: one forward over prompt + response.
+* full: a forward over prompt + response.
 * URS:  kept tokens are scattered, so every position's hidden state is still needed (later
         kept tokens attend to dropped ones). The transformer body runs over the whole
         sequence; the LM head (H × V, V ≈ 151k for Qwen) and the log-softmax run only at kept
@@ -170,7 +170,7 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     selection       None or method "full": every response token; "urs": LM head only at kept
                     positions; "rpc": the model only sees prompt + kept prefix
     temperature     the sampling temperature, so that log π matches the distribution sampled from
-    micro_batch_overhead_tokens  RPC: what one extra forward pass is worth in tokens (see
+    micro_batch_overhead_tokens  what one extra forward pass is worth in tokens (see
                     `plan_micro_batches`); 0 = no padding at all, many passes
     stats           if given, filled with what was passed to the model
 
@@ -196,16 +196,12 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
                        torch.zeros_like(last_scored_plus_one))
     starts = torch.minimum(first_real, ends)
 
-    if selection is not None and selection.method == "rpc":
-        micro_batches = plan_micro_batches(starts, ends, max_rows=max_rows_per_micro_batch,
-                                           overhead_tokens=micro_batch_overhead_tokens)
-    else:
-        # full and URS: one pass over every row that has a scored token (URS gains nothing from
-        # cutting: a kept token near the end needs every column before it). Only columns no scored
-        # token depends on are trimmed: leading all-padding ones and those after the last scored token.
-        needed = (ends > starts).nonzero().flatten()
-        micro_batches = [] if needed.numel() == 0 else [
-            MicroBatch(rows=needed, start=int(starts[needed].min()), end=int(ends.max()))]
+    # Every method goes through the same length-grouping planner, so that full and URS get the
+    # same padding savings and RPC's advantage is only what its cut removes. For full and URS a
+    # row needs every column up to its last scored token (for URS that is nearly the whole
+    # response: a kept token near the end needs every column before it).
+    micro_batches = plan_micro_batches(starts, ends, max_rows=max_rows_per_micro_batch,
+                                       overhead_tokens=micro_batch_overhead_tokens)
 
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     row_indices, column_indices, values = [], [], []
