@@ -100,6 +100,7 @@ class TrainConfig:
     resume: str | None = option(None, "continue the run in this output folder from its last checkpoint")
     overwrite: bool = option(False, "replace an existing run in --out")
     seed: int = option(0, "seed for data order, sampling and NAT's selections")
+    task_seed: int = option(0, "seed of the task's fixed train / held-out split (keep it to compare runs)")
     # hardware
     device: str = option("auto", "cpu, cuda, or auto")
     dtype: str = option("auto", "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
@@ -173,7 +174,7 @@ class Trainer:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.run_dir = self.prepare_run_dir()
-        self.task = get_task(config.task, data_path=config.data_path, seed=config.seed)
+        self.task = get_task(config.task, data_path=config.data_path, seed=config.task_seed)
         if not self.task.train_examples or not self.task.eval_examples:
             raise ValueError(f"task {config.task!r} has no training or no evaluation examples; check --data-path.")
 
