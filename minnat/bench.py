@@ -52,15 +52,11 @@ token (a kept token late in the response needs all the columns before it) and sa
 LM head and log-softmax on dropped positions: a visible saving only with a large vocabulary
 (Qwen's 151,936), which `--vocab-size` lets the tiny body show on CPU.
 
-Padding, honestly. `response_logprobs` groups RPC's rows into micro-batches of similar length
-(`plan_micro_batches`: padding traded against a per-pass overhead worth
-`--micro-batch-overhead-tokens` tokens), while for full and URS it makes one padded pass over
-the whole batch. A benchmark that kept that asymmetry would credit RPC with removing padding
-that full could have removed too. So by default (`--baseline bucketed`) full and URS run over
-length buckets planned by the same function with the same overhead, one `response_logprobs`
-call per bucket, all buckets' losses summed before one backward — the grouping RPC gets, so RPC
-at ρ = 1 costs exactly what full costs. `--baseline padded` measures full and URS the way
-`minnat.train` runs them today (one padded pass).
+Padding, honestly. `response_logprobs` groups the rows of every method into micro-batches of
+similar needed length (`plan_micro_batches`: padding traded against a per-pass overhead worth
+`--micro-batch-overhead-tokens` tokens, default: response_logprobs' own), so full and URS get
+the same padding savings as RPC, and RPC at ρ = 1 costs exactly what full costs (tests check
+it): the ratios show what the cut removes, not padding that full could have removed too.
 
 Mode "step" times whole training steps (rollout + update) of `minnat.train.Trainer` on the
 embedded model, so one sees what share of a step's wall time NAT can touch at all.
@@ -72,6 +68,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import math
 import platform
@@ -88,8 +85,8 @@ import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from minnat.grpo import aggregation_share, policy_loss
-from minnat.logprobs import LogprobStats, plan_micro_batches, response_logprobs
+from minnat.grpo import policy_loss
+from minnat.logprobs import LogprobStats, response_logprobs
 from minnat.measure import ActivationMeter, stopwatch, synchronize
 from minnat.models import PRESETS, preset_config, resolve_device, resolve_dtype
 from minnat.nat import (RPC_CUT_DISTRIBUTIONS, Selection, check_budget, check_response_mask,
@@ -100,7 +97,8 @@ from minnat.nat import (RPC_CUT_DISTRIBUTIONS, Selection, check_budget, check_re
 PAPER = {"model": "Qwen3-8B", "budget": 0.5, "time_ratio": 0.71, "peak_memory_ratio": 0.82}
 # What this benchmark is expected to show for RPC at ρ = 0.5 on a response-dominated batch (issue 4).
 RPC_TARGETS = {"flops_ratio": 0.55, "activation_ratio": 0.55, "time_ratio": 0.60}
-BASELINES = ("bucketed", "padded")
+# response_logprobs' own default per-pass overhead, so that the benchmark measures what the trainer does.
+DEFAULT_OVERHEAD_TOKENS = inspect.signature(response_logprobs).parameters["micro_batch_overhead_tokens"].default
 CUT_SAMPLINGS = ("stratified", "independent")
 # Each ratio and the field it divides by full's on the same batch.
 RATIOS = {"time_ratio": "time_seconds", "time_ratio_best": "time_seconds_best", "flops_ratio": "flops", "activation_ratio": "activation_bytes",
@@ -307,49 +305,15 @@ def stratified_rpc_selections(batch: BenchBatch, budget: float, draws: int, seed
 
 
 # ----------------------------------------------------------------------------- one policy update
-def length_buckets(batch: BenchBatch, keep: torch.Tensor, overhead_tokens: int) -> list[torch.Tensor]:
-    """Rows grouped by the columns they need, exactly as `response_logprobs` groups RPC's rows.
-
-    Row b needs columns [0, P + last_kept_b − 1) (the prompt has no left padding here), so the
-    groups come from `plan_micro_batches` with the same starts, ends and per-pass overhead.
-    """
-    columns = torch.arange(keep.shape[1], device=keep.device)
-    last_kept_plus_one = torch.where(keep, columns + 1, torch.zeros_like(columns)).amax(dim=1)
-    ends = torch.where(last_kept_plus_one > 0, batch.prompt_length + last_kept_plus_one - 1,
-                       torch.zeros_like(last_kept_plus_one))
-    first_real = batch.attention_mask.long().argmax(dim=1).to(keep.device)
-    starts = torch.minimum(first_real, ends)
-    return [micro.rows for micro in plan_micro_batches(starts.cpu(), ends.cpu(), overhead_tokens=overhead_tokens)]
-
-
-def policy_update_loss(model, batch: BenchBatch, selection: Selection, *, baseline: str = "bucketed",
-                       overhead_tokens: int = 1024, stats: LogprobStats | None = None,
+def policy_update_loss(model, batch: BenchBatch, selection: Selection, *,
+                       overhead_tokens: int = DEFAULT_OVERHEAD_TOKENS, stats: LogprobStats | None = None,
                        loss_agg: str = "seq-mean-token-mean") -> torch.Tensor:
-    """The forward half of one on-policy GRPO update (μ = 1, old log-probs = detached current ones).
-
-    RPC: one `response_logprobs` call, which micro-batches the cut rows itself.
-    full and URS: with baseline "bucketed", one call per length bucket (see `length_buckets`),
-    each bucket's loss scaled by its `aggregation_share` so that the sum is exactly the batch's
-    loss; with "padded", one call over the whole batch, as `minnat.train` does.
-    Returns the scalar loss; the caller runs backward.
-    """
-    if baseline not in BASELINES:
-        raise ValueError(f"unknown baseline {baseline!r}; choose one of {BASELINES}.")
-    if selection.method == "rpc" or baseline == "padded":
-        groups = [None]  # the whole batch in one call
-    else:
-        groups = length_buckets(batch, selection.keep, overhead_tokens)
-    total = None
-    for rows in groups:
-        part, part_selection = (batch, selection) if rows is None else \
-            (batch.rows(rows.to(batch.input_ids.device)), selection.rows(rows.to(selection.keep.device)))
-        logprobs = response_logprobs(model, part.input_ids, part.attention_mask, part.response_mask,
-                                     part_selection, micro_batch_overhead_tokens=overhead_tokens, stats=stats)
-        loss = policy_loss(logprobs, logprobs.detach(), part.advantages, part.response_mask,
-                           weights=part_selection.weights.to(logprobs.dtype), loss_agg=loss_agg)
-        loss = loss * aggregation_share(part.response_mask, batch.response_mask, loss_agg)
-        total = loss if total is None else total + loss
-    return total
+    """The forward half of one on-policy GRPO update (μ = 1, old log-probs = detached current ones),
+    exactly as `minnat.train.Trainer.update` computes it. Returns the scalar loss; the caller runs backward."""
+    logprobs = response_logprobs(model, batch.input_ids, batch.attention_mask, batch.response_mask, selection,
+                                 micro_batch_overhead_tokens=overhead_tokens, stats=stats)
+    return policy_loss(logprobs, logprobs.detach(), batch.advantages, batch.response_mask,
+                       weights=selection.weights.to(logprobs.dtype), loss_agg=loss_agg)
 
 
 def zero_gradients(model) -> None:
@@ -403,8 +367,8 @@ def calibrate_pass_overhead(model, device: str, vocab_size: int, longest: int, r
     def seconds(tokens: int) -> float:
         batch = make_batch(1, 8, max(tokens - 8, 1), vocab_size, seed=0, shortest_fraction=1.0).to(device)
         selection = draw_selection(batch, "full", 1.0, seed=0).to(device)
-        timed_step(model, batch, selection, device, baseline="padded")  # warm-up
-        return statistics.median(timed_step(model, batch, selection, device, baseline="padded")[0]
+        timed_step(model, batch, selection, device)  # warm-up
+        return statistics.median(timed_step(model, batch, selection, device)[0]
                                  for _ in range(repeats))
 
     short, long = 32, max(longest, 64)
@@ -425,7 +389,7 @@ class Case:
 
 
 def measure_response_length(model, batch: BenchBatch, budgets: list[float], *, draws: int, repeats: int,
-                            device: str, seed: int, baseline: str, overhead_tokens: int,
+                            device: str, seed: int, overhead_tokens: int,
                             cut_distribution: str, cut_sampling: str = "stratified", log=print) -> list[dict]:
     """All rows (full, then URS and RPC at every budget) for one batch, every ratio against full on it."""
     cases = [Case("full", 1.0, draw, draw_selection(batch, "full", 1.0, selection_seed(seed, draw)))
@@ -440,7 +404,7 @@ def measure_response_length(model, batch: BenchBatch, budgets: list[float], *, d
                    for draw in range(draws)]
         cases += [Case("rpc", budget, draw, selection) for draw, selection in enumerate(rpc)]
     device_batch = batch.to(device)
-    options = dict(baseline=baseline, overhead_tokens=overhead_tokens)
+    options = dict(overhead_tokens=overhead_tokens)
 
     # Warm-up: the first passes pay for allocator growth and kernel selection.
     for case in cases[:1] + [c for c in cases if c.method == "rpc"][:1]:
@@ -684,7 +648,7 @@ def describe_run(options, model, dtype, device) -> str:
             f"{device}{', gradient checkpointing' if options.gradient_checkpointing else ''}; batch "
             f"{options.batch_size} × (prompt {options.prompt_length} + response L ~ U[T/2, T]); "
             f"{options.draws} selection draws ({options.cut_sampling} RPC cuts) × {options.repeats} interleaved "
-            f"repeats; baseline {options.baseline}; micro-batch pass overhead {options.micro_batch_overhead_tokens} "
+            f"repeats; micro-batch pass overhead {options.micro_batch_overhead_tokens} "
             f"tokens{' (calibrated)' if getattr(options, 'overhead_calibrated', False) else ''}")
 
 
@@ -730,14 +694,14 @@ def run_update_benchmark(options, log=print) -> list[dict]:
             f"{len(options.budgets)} budgets × (urs, rpc) × {options.draws} draws + full")
         started = time.perf_counter()
         point = measure_response_length(model, batch, options.budgets, draws=options.draws, repeats=options.repeats,
-                                        device=device, seed=options.seed, baseline=options.baseline,
+                                        device=device, seed=options.seed,
                                         overhead_tokens=options.micro_batch_overhead_tokens,
                                         cut_distribution=options.cut_distribution,
                                         cut_sampling=options.cut_sampling, log=log)
         for row in point:
             row.update(preset=options.preset, vocab_size=model.config.vocab_size, device=device,
                        dtype=str(dtype).replace("torch.", ""), gradient_checkpointing=options.gradient_checkpointing,
-                       baseline=options.baseline, micro_batch_overhead_tokens=options.micro_batch_overhead_tokens,
+                       micro_batch_overhead_tokens=options.micro_batch_overhead_tokens,
                        micro_batch_overhead_calibrated=getattr(options, "overhead_calibrated", False),
                        cut_distribution=options.cut_distribution, cut_sampling=options.cut_sampling)
         rows += point
@@ -877,10 +841,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated budgets ρ for URS and RPC (in step mode default: 0.5)")
     add("--draws", type=int, default=3, help="NAT selection draws averaged per point (update mode)")
     add("--repeats", type=int, default=5, help="interleaved timing repeats per draw (update mode)")
-    add("--baseline", choices=BASELINES, default="bucketed",
-        help="bucketed: full and URS grouped by length like RPC's micro-batches (fair, default); padded: "
-             "one padded pass, as minnat.train runs them")
-    add("--micro-batch-overhead-tokens", type=overhead_tokens_arg, default=1024,
+    add("--micro-batch-overhead-tokens", type=overhead_tokens_arg, default=DEFAULT_OVERHEAD_TOKENS,
         help="what one extra forward pass is worth in padded tokens when rows are grouped into micro-batches "
              "(minnat.logprobs.plan_micro_batches; 0 = no padding, one pass per length; 'auto' = measure it on "
              "this model and device first); the default is response_logprobs' default")
