@@ -37,13 +37,13 @@ OUT=$(cd "$OUT" && pwd)
   nvidia-smi 2>&1 || echo "nvidia-smi: not available"
 } > "$OUT/machine.txt"
 
-# Per preset: extra arguments and a time limit in seconds.
+# Per preset: a time limit in seconds (420 s in all), then extra arguments.
 settings() {
   case "$1" in
-    qwen3-0.6b) echo "75 --batch-size 16" ;;
-    qwen3-1.7b) echo "75 --batch-size 8" ;;
-    qwen3-4b)   echo "100 --batch-size 8 --gradient-checkpointing" ;;
-    qwen3-8b)   echo "160 --batch-size 8 --gradient-checkpointing" ;;
+    qwen3-0.6b) echo "70 --batch-size 16" ;;                          # expected ~40 s
+    qwen3-1.7b) echo "70 --batch-size 8" ;;                           # ~40 s
+    qwen3-4b)   echo "100 --batch-size 8 --gradient-checkpointing" ;; # ~70 s
+    qwen3-8b)   echo "180 --batch-size 8 --gradient-checkpointing" ;; # ~110 s
     *)          echo "60" ;;
   esac
 }
