@@ -88,7 +88,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from minnat.grpo import policy_loss
 from minnat.logprobs import LogprobStats, response_logprobs
 from minnat.measure import ActivationMeter, stopwatch, synchronize
-from minnat.models import PRESETS, preset_config, resolve_device, resolve_dtype
+from minnat.models import PRESETS, build_preset_model, resolve_device, resolve_dtype
 from minnat.nat import (RPC_CUT_DISTRIBUTIONS, Selection, check_budget, check_response_mask,
                         rpc_cut_fraction_parameters, rpc_inclusion_probabilities, select_tokens,
                         selection_from_keep)
@@ -133,42 +133,16 @@ register_cpu_attention_flops()
 
 
 # ----------------------------------------------------------------------------- the model
-def bench_config(preset: str, vocab_size: int | None = None):
-    """The preset's Qwen3Config, optionally with another vocabulary size (e.g. Qwen's 151,936)."""
-    config = preset_config(preset)
-    if vocab_size is not None:
-        if vocab_size < 2:
-            raise ValueError(f"--vocab-size must be at least 2; got {vocab_size}.")
-        config.vocab_size = vocab_size
-    return config
-
-
 def build_model(preset: str, *, vocab_size: int | None, dtype: torch.dtype, device: str,
                 gradient_checkpointing: bool, seed: int = 0):
-    """A Qwen3ForCausalLM of the preset's architecture with random weights, built on `device`.
+    """A Qwen3ForCausalLM of the preset's architecture with random weights, built on `device`, in train mode.
 
-    Like `minnat.models.build_preset_model`, plus the vocabulary override. Random weights are
-    fine: the cost of a forward/backward pass does not depend on the weights' values.
+    `minnat.models.build_preset_model` with the vocabulary override. Random weights are fine:
+    the cost of a forward/backward pass does not depend on the weights' values.
     """
-    from transformers import Qwen3ForCausalLM
-
-    config = bench_config(preset, vocab_size)
-    config._attn_implementation = "sdpa"
-    config.use_cache = False
-    torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = Qwen3ForCausalLM(config)
-    finally:
-        torch.set_default_dtype(previous)
-    if gradient_checkpointing:
-        enable = getattr(model, "activation_checkpointing_enable", None)
-        if enable is not None:
-            enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:  # older transformers
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = build_preset_model(preset, dtype=dtype, device=device, gradient_checkpointing=gradient_checkpointing,
+                               seed=seed, vocab_size=vocab_size)
+    model.config.use_cache = False
     return model.train()
 
 
@@ -884,6 +858,8 @@ def check_options(options) -> None:
         raise ValueError(f"--micro-batch-overhead-tokens must be ≥ 0 or 'auto'; got {options.micro_batch_overhead_tokens}.")
     if options.threads < 0:
         raise ValueError(f"--threads must be ≥ 0; got {options.threads}.")
+    if options.vocab_size is not None and options.vocab_size < 2:
+        raise ValueError(f"--vocab-size must be at least 2; got {options.vocab_size}.")
 
 
 def main(argv=None) -> int:

@@ -154,8 +154,7 @@ def load_model(name_or_path: str = EMBEDDED_MODEL, *, dtype: str | torch.dtype =
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+        enable_gradient_checkpointing(model)
     return model.to(device), tokenizer
 
 
@@ -169,11 +168,28 @@ def preset_config(preset: str) -> Qwen3Config:
                        rms_norm_eps=1e-6, **QWEN3_ARCHITECTURES[preset])
 
 
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each layer's activations in backward (newer transformers call it activation checkpointing)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+
+
 def build_preset_model(preset: str, *, dtype: str | torch.dtype = "auto", device: str = "cpu",
-                       gradient_checkpointing: bool = False, seed: int = 0,
-                       attention: str = "sdpa") -> Qwen3ForCausalLM:
-    """A Qwen3 of the preset's architecture with random weights, built directly on `device`."""
+                       gradient_checkpointing: bool = False, seed: int = 0, attention: str = "sdpa",
+                       vocab_size: int | None = None) -> Qwen3ForCausalLM:
+    """A Qwen3 of the preset's architecture with random weights, built directly on `device`.
+
+    `vocab_size` overrides the preset's vocabulary (e.g. the tiny body with Qwen's 151,936 tokens).
+    """
     config = preset_config(preset)
+    if vocab_size is not None:
+        if vocab_size < 2:
+            raise ValueError(f"the vocabulary size must be at least 2; got {vocab_size}.")
+        config.vocab_size = vocab_size
     config._attn_implementation = attention
     torch_dtype = resolve_dtype(dtype, device)
     torch.manual_seed(seed)
@@ -185,8 +201,7 @@ def build_preset_model(preset: str, *, dtype: str | torch.dtype = "auto", device
     finally:
         torch.set_default_dtype(previous)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+        enable_gradient_checkpointing(model)
     return model
 
 

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import math
 import random
+import re
 import shutil
 import sys
 import time
@@ -356,7 +357,7 @@ class Trainer:
 
         learning_rate = self.scheduler.get_last_lr()[0]
         with warnings.catch_warnings():  # a step skipped by the numerical guard still advances the schedule
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             self.scheduler.step()
         used = int(selection.keep.sum())
         self.totals["response_tokens_used"] += used

@@ -146,3 +146,44 @@ def test_config_defaults_are_the_embedded_rpc_half_budget_run():
     config = TrainConfig()
     assert (config.model, config.task, config.method, config.budget) == ("embedded", "arithmetic", "rpc", 0.5)
     config.validate()
+
+
+class BrokenTask:
+    name = "broken"
+
+    def __init__(self, reward):
+        self._reward = reward
+
+    def reward(self, completion, example):
+        return self._reward(completion)
+
+
+def test_reward_function_that_raises_or_returns_nan_is_a_clear_error():
+    from minnat.rollout import score
+
+    def raises(completion):
+        raise KeyError("answer")
+
+    with pytest.raises(ValueError, match="raised KeyError.*must return a finite number"):
+        score(BrokenTask(raises), ["1+1=2"], [None])
+    with pytest.raises(ValueError, match="returned nan.*finite"):
+        score(BrokenTask(lambda completion: float("nan")), ["1+1=2"], [None])
+    assert score(BrokenTask(lambda completion: 1), ["x"], [None]).tolist() == [1.0]
+
+
+def test_resuming_with_another_architecture_is_refused(gsm8k_setup, tmp_path):
+    fixture, model_dir = gsm8k_setup
+    trainer = Trainer(parse_args(small_args(model_dir, fixture, tmp_path / "run")), progress=False)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError, match="is a llama model, not the qwen3"):
+        trainer.check_same_architecture(foreign)
+
+
+def test_all_truncated_responses_warn_with_the_fix(gsm8k_setup, tmp_path, capsys):
+    fixture, model_dir = gsm8k_setup
+    assert main(small_args(model_dir, fixture, tmp_path / "run", "--steps", "1", "--max-new-tokens", "1",
+                           "--mask-truncated")) == 0
+    captured = capsys.readouterr()
+    assert "hit --max-new-tokens 1 without EOS" in captured.out + captured.err

@@ -307,14 +307,15 @@ plt.show()
 for method in ("urs", "rpc"):
     kept = selections[method].keep.sum().item() / response_mask.sum().item()
     assert ratios[method]["head positions"] == kept, "the LM head runs exactly at the kept tokens"
-assert ratios["urs"]["tokens"] == 1.0, "URS gives the transformer every token"
+# URS still runs the body over (nearly) every token: only columns after a row's last kept token go
+assert ratios["urs"]["tokens"] >= 0.9, "URS gives the transformer (nearly) every token"
 assert ratios["rpc"]["tokens"] < 0.8, "RPC gives it prompt + prefix only"
 assert ratios["rpc"]["activation"] < 0.8
 
 # %% [markdown]
 # Reading it: with a 151 936-token vocabulary the LM head is a large share of a small body's
 # step, so URS's savings in LM-head positions can show in wall time here (wall time on a shared
-# CPU is noisy, and RPC pays a fixed cost per pass for its one-row passes). On Qwen3-0.6B, whose
+# CPU is noisy, and every extra micro-batch pass has a fixed cost). On Qwen3-0.6B, whose
 # 28 layers do three quarters of the work, URS saves much less, and RPC — which also shortens the
 # body's forward and backward and the activations it holds — is the one that matters. The
 # benchmark results above (when present) have measured ratios, next to the paper's headline
