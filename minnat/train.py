@@ -445,6 +445,10 @@ class Trainer:
                       "skipped_steps_total": self.totals["skipped_steps"]}
             if (config.eval_every and self.step % config.eval_every == 0) or self.step == config.steps:
                 self.last_accuracy = record["eval_accuracy"] = self.evaluate()
+                if self.progress:  # one sampled completion, so a learner sees what the reward judges
+                    tqdm.write(f"step {self.step}: held-out accuracy {self.last_accuracy:.1%}; sample "
+                               f"{batch.examples[0].question!r} -> {batch.completions[0]!r} "
+                               f"(reward {float(batch.rewards[0]):g})")
             self.log(record)
             for completion, reward in list(zip(batch.completions, batch.rewards.tolist()))[:config.log_samples]:
                 ckpt.append_json_line(self.run_dir / "samples.jsonl",
