@@ -41,7 +41,7 @@ class LogprobStats:
     """What one `response_logprobs` call gave to the model (for benchmarks and tests)."""
 
     tokens_to_model: int = 0        # rows × columns of every tensor passed to the transformer (padding included)
-    real_tokens_to_model: int = 0   # the non-padding part of those
+    real_tokens_to_model: int = 0   # the part each row needs: its first real token up to its last scored one
     positions_scored: int = 0       # positions that went through the LM head and log-softmax
     micro_batches: int = 0
     micro_batch_shapes: list = field(default_factory=list)
@@ -213,7 +213,7 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
         hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions,
                          use_cache=False).last_hidden_state
         stats.tokens_to_model += ids.numel()
-        stats.real_tokens_to_model += int(mask.sum())
+        stats.real_tokens_to_model += int((ends[rows] - starts[rows]).sum())
         stats.micro_batches += 1
         stats.micro_batch_shapes.append(tuple(ids.shape))
 

@@ -86,6 +86,7 @@ def test_rpc_really_shortens_what_the_model_sees():
             response_logprobs(model, input_ids, attention_mask, response_mask, selection, stats=stats,
                               micro_batch_overhead_tokens=overhead)
         assert counter.body_tokens == stats.tokens_to_model
+        assert stats.real_tokens_to_model == needed  # what the rows need, padding and rides-along excluded
         assert counter.head_positions == int(selection.keep.sum()) == stats.positions_scored
         if overhead == 0:
             assert counter.body_tokens == needed  # one pass per distinct length: no padding at all
