@@ -355,8 +355,8 @@ def render_tokens(group: SampledGroup, methods, budget: float, seed: int, cut_di
                     f"(≈ {total}) | {positions} | {head} |")
     summary = "\n".join(rows) + (
         "\n\n*Σ weights of kept* is the HT estimate of the token count: it averages to the true count over draws. "
-        "*Transformer positions*: prompt + response tokens the transformer runs over (RPC only needs each "
-        "response up to its cut; rows share micro-batches, so a short cut can ride along to its batch's longest); "
+        "*Transformer positions*: prompt + response tokens the rows need the transformer to run over (RPC: "
+        "each response only up to its cut; micro-batches may add a little padding on top); "
         "*LM-head positions*: where the vocabulary projection and log-softmax run (URS and RPC: kept tokens only).")
     return page, summary, {"budget": budget, "seed": int(seed), "cut_distribution": cut_distribution,
                            "prompt": group.prompt, "responses": details}
