@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import random
@@ -264,10 +265,15 @@ class Trainer:
         chosen = []
         for position in range(step * per_step, (step + 1) * per_step):
             epoch, index = divmod(position, len(examples))
-            order = list(range(len(examples)))
-            random.Random(self.config.seed * 1_000_003 + epoch).shuffle(order)
-            chosen.append(examples[order[index]])
+            chosen.append(examples[self.epoch_order(epoch)[index]])
         return chosen
+
+    @functools.lru_cache(maxsize=2)
+    def epoch_order(self, epoch: int) -> list[int]:
+        """The permutation of the training set that epoch `epoch` visits."""
+        order = list(range(len(self.task.train_examples)))
+        random.Random(self.config.seed * 1_000_003 + epoch).shuffle(order)
+        return order
 
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
