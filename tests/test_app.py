@@ -6,7 +6,6 @@ phone home, and the page is served from 127.0.0.1).
 """
 import math
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -23,16 +22,9 @@ from gradio_client import Client  # noqa: E402
 import app  # noqa: E402
 from minnat.assets import TINY_QWEN3_DIR  # noqa: E402
 
+from scripts.screenshots import CHROMIUM, CHROMIUM_ARGS, free_port  # noqa: E402  (one browser set-up)
+
 MODEL = "embedded"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
