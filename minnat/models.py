@@ -14,6 +14,7 @@ Qwen3-0.6B…8B *architectures* with random weights — no download needed.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -106,6 +107,26 @@ def hub_reachable(timeout_seconds: float = 3.0) -> bool:
         return False
 
 
+ARCHITECTURE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+
+
+def architecture(name_or_path: str) -> dict | None:
+    """The fields that make two checkpoints interchangeable, read without network; None if unknown here."""
+    location = model_location(name_or_path)
+    config_file = Path(location) / "config.json"
+    if not config_file.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+            cached = try_to_load_from_cache(location, "config.json")
+        except Exception:  # noqa: BLE001 — a malformed id is simply "unknown"
+            return None
+        if not isinstance(cached, str):
+            return None
+        config_file = Path(cached)
+    config = json.loads(config_file.read_text())
+    return {field: config.get(field) for field in ARCHITECTURE_FIELDS}
+
+
 def load_tokenizer(name_or_path: str):
     location = model_location(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
@@ -135,7 +156,6 @@ def load_model(name_or_path: str = EMBEDDED_MODEL, *, dtype: str | torch.dtype =
                          f"internet (`huggingface-cli download {location}`) and pass the folder, or use the "
                          "embedded default `--model embedded`, which needs no network.")
     try:
-        config = AutoConfig.from_pretrained(location, trust_remote_code=False)
         tokenizer = load_tokenizer(name_or_path)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, trust_remote_code=False,
                                                      use_safetensors=True)
@@ -149,8 +169,6 @@ def load_model(name_or_path: str = EMBEDDED_MODEL, *, dtype: str | torch.dtype =
                          "Download it where there is internet (`huggingface-cli download "
                          f"{location}`) and pass the folder, or use the embedded default `--model embedded`, "
                          "which needs no network.") from error
-    if not getattr(config, "is_encoder_decoder", False) and not hasattr(model, "get_decoder"):
-        raise ValueError(f"{location} is not a decoder-only causal LM; minnat trains causal LMs such as Qwen3.")
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if gradient_checkpointing:

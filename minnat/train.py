@@ -44,7 +44,7 @@ from minnat import checkpoint as ckpt
 from minnat.grpo import ADVANTAGE_SCALES, LOSS_AGGREGATIONS, aggregation_share, group_advantages, policy_loss
 from minnat.logprobs import LogprobStats, response_logprobs
 from minnat.measure import ActivationMeter, stopwatch
-from minnat.models import EMBEDDED_MODEL, load_model, resolve_device
+from minnat.models import EMBEDDED_MODEL, architecture, load_model, resolve_device
 from minnat.nat import METHODS, RPC_CUT_DISTRIBUTIONS, check_budget, select_tokens
 from minnat.rollout import RolloutBatch, generate
 from minnat.tasks import get_task
@@ -184,11 +184,11 @@ class Trainer:
         if config.resume and resume_from is None:
             raise ValueError(f"cannot resume {self.run_dir}: it has no complete checkpoint yet (checkpoints/latest "
                              "is missing). Start it again with --overwrite.")
+        if resume_from is not None:
+            self.check_same_architecture(resume_from)
         self.model, self.tokenizer = load_model(str(resume_from) if resume_from else config.model, dtype=config.dtype,
                                                 device=self.device,
                                                 gradient_checkpointing=config.gradient_checkpointing)
-        if resume_from is not None:
-            self.check_same_architecture(resume_from)
         self.reference_model = None
         if config.kl_coef > 0:  # the frozen reference is only needed for the KL term
             self.reference_model, _ = load_model(config.model, dtype=config.dtype, device=self.device)
@@ -238,10 +238,15 @@ class Trainer:
         return run_dir
 
     def check_same_architecture(self, checkpoint: Path) -> None:
-        saved = json.loads((checkpoint / "config.json").read_text())
-        if saved.get("model_type") != self.model.config.model_type:
-            raise ValueError(f"the checkpoint {checkpoint} is a {saved.get('model_type')} model, not the "
-                             f"{self.model.config.model_type} this run trains.")
+        """A checkpoint must have the architecture of the run's --model (checked before loading it)."""
+        expected, found = architecture(self.config.model), architecture(str(checkpoint))
+        if expected is None or found is None or found == expected:
+            return  # the run's model is a hub id not in the local cache: nothing to compare without network
+        differences = ", ".join(f"{field} {found[field]} (expected {expected[field]})"
+                                for field in expected if found[field] != expected[field])
+        raise ValueError(f"the checkpoint {checkpoint} is a {found['model_type']} model of another architecture "
+                         f"than the {expected['model_type']} {self.config.model} this run trains: {differences}. "
+                         "Resume the output folder this checkpoint belongs to, or start a new run with --out.")
 
     def open_tensorboard(self):
         try:

@@ -177,8 +177,13 @@ def test_resuming_with_another_architecture_is_refused(gsm8k_setup, tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(ValueError, match="is a llama model, not the qwen3"):
+    with pytest.raises(ValueError, match="is a llama model of another architecture than the qwen3"):
         trainer.check_same_architecture(foreign)
+    wider = json.loads((Path(model_dir) / "config.json").read_text()) | {"hidden_size": 64}
+    (foreign / "config.json").write_text(json.dumps(wider))
+    with pytest.raises(ValueError, match=r"hidden_size 64 \(expected 32\)"):
+        trainer.check_same_architecture(foreign)
+    trainer.check_same_architecture(Path(model_dir))  # its own architecture passes
 
 
 def test_all_truncated_responses_warn_with_the_fix(gsm8k_setup, tmp_path, capsys):
