@@ -267,8 +267,20 @@ class GSM8KTask(Task):
                              "or a folder with train.jsonl and test.jsonl.")
         try:
             import datasets
+            import huggingface_hub.constants as hub_constants
 
-            dataset = datasets.load_dataset("openai/gsm8k", "main")
+            from minnat.models import hub_reachable
+
+            # Offline, datasets retries the hub for ~30 s before failing; with the hub unreachable only
+            # a cached copy can load, so ask for that alone (seconds either way).
+            offline = not hub_reachable()
+            saved = datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE
+            if offline:
+                datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
+            try:
+                dataset = datasets.load_dataset("openai/gsm8k", "main")
+            finally:
+                datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
             return list(dataset["train"]), list(dataset["test"])
         except Exception as error:
             raise ValueError(

@@ -44,7 +44,7 @@ from minnat import checkpoint as ckpt
 from minnat.grpo import ADVANTAGE_SCALES, LOSS_AGGREGATIONS, aggregation_share, group_advantages, policy_loss
 from minnat.logprobs import LogprobStats, response_logprobs
 from minnat.measure import ActivationMeter, stopwatch
-from minnat.models import EMBEDDED_MODEL, architecture, load_model, resolve_device
+from minnat.models import EMBEDDED_MODEL, architecture, choose_cpu_threads, load_model, resolve_device
 from minnat.nat import METHODS, RPC_CUT_DISTRIBUTIONS, check_budget, select_tokens
 from minnat.rollout import RolloutBatch, generate
 from minnat.tasks import get_task
@@ -107,7 +107,8 @@ class TrainConfig:
     device: str = option("auto", "cpu, cuda, or auto")
     dtype: str = option("auto", "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     gradient_checkpointing: bool = option(False, "recompute activations in backward (saves memory)")
-    num_threads: int = option(0, "CPU threads for torch (0 = torch's default)")
+    num_threads: int = option(0, "CPU threads for torch; 0 = auto: the cores the load average leaves free "
+                                 "(default)")
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -143,7 +144,9 @@ def parse_args(argv=None) -> TrainConfig:
                                      )
     for config_field in dataclasses.fields(TrainConfig):
         flag = "--" + config_field.name.replace("_", "-")
-        help_text = config_field.metadata["help"] + f" (default: {config_field.default})"
+        help_text = config_field.metadata["help"]
+        if "default" not in help_text:  # some help lines already say what their default means
+            help_text += f" (default: {config_field.default})"
         type_name = str(config_field.type)  # e.g. "int", "float | None", "bool"
         if type_name == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
@@ -173,9 +176,28 @@ class Trainer:
         self.config = config
         self.progress = progress
         self.device = resolve_device(config.device)
-        if config.num_threads:
-            torch.set_num_threads(config.num_threads)
+        if self.device == "cpu":
+            threads, self.threads_reason = choose_cpu_threads(config.num_threads)
+            torch.set_num_threads(threads)
+        else:
+            self.threads_reason = None
         self.run_dir = self.prepare_run_dir()
+        try:
+            self.load(config)
+        except BaseException:
+            self.discard_failed_start()
+            raise
+        # The configuration is written only once everything loaded, so a failed start leaves no
+        # config.json behind that would make the corrected command look like a second run.
+        if not config.resume:
+            if self.replaces_run:  # --overwrite: the old run goes only now that the new one can start
+                shutil.rmtree(self.run_dir)
+                self.run_dir.mkdir(parents=True)
+            ckpt.atomic_write_text(self.run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
+        self.tensorboard = self.open_tensorboard() if config.tensorboard else None
+
+    def load(self, config: TrainConfig) -> None:
+        """Task, model(s), optimiser and any resumed state: everything that can fail on bad input."""
         self.task = get_task(config.task, data_path=config.data_path, seed=config.task_seed)
         if not self.task.train_examples or not self.task.eval_examples:
             raise ValueError(f"task {config.task!r} has no training or no evaluation examples; check --data-path.")
@@ -210,32 +232,35 @@ class Trainer:
         self.last_accuracy = None
         if resume_from is not None:
             self.load_state(resume_from)
-        self.tensorboard = self.open_tensorboard() if config.tensorboard else None
 
     # ----------------------------------------------------------------- run folder
     def prepare_run_dir(self) -> Path:
         config = self.config
         if config.out is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            config.out = str(Path("runs") / f"{stamp}-{config.method}-{config.budget:g}-seed{config.seed}")
+            config.out = str(Path("runs") / f"{stamp}-{method_label(config.method, config.budget, ascii=True)}"
+                                            f"-seed{config.seed}")
         run_dir = Path(config.out)
+        self.created_run_dir = not run_dir.exists()
         has_run = (run_dir / "config.json").exists() or (run_dir / "metrics.jsonl").exists()
-        if has_run and not config.resume:
-            if not config.overwrite:
-                raise ValueError(f"the output folder {run_dir} already holds a run. Pass --resume {run_dir} to "
-                                 "continue it, --overwrite to replace it, or choose another --out.")
-            shutil.rmtree(run_dir)
+        if has_run and not config.resume and not config.overwrite:
+            raise ValueError(f"the output folder {run_dir} already holds a run. Pass --resume {run_dir} to "
+                             "continue it, --overwrite to replace it, or choose another --out.")
+        self.replaces_run = has_run and not config.resume
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             probe = run_dir / ".write-test"
             probe.write_text("ok")
             probe.unlink()
-            if not config.resume:
-                ckpt.atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
         except OSError as error:
             raise ValueError(f"cannot write to the output folder {run_dir}: {error.strerror or error}. Choose a "
                              "writable folder with free space via --out.") from error
         return run_dir
+
+    def discard_failed_start(self) -> None:
+        """Undo what a start that failed before training wrote: the run folder if this start made it."""
+        if getattr(self, "created_run_dir", False) and not self.config.resume:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def check_same_architecture(self, checkpoint: Path) -> None:
         """A checkpoint must have the architecture of the run's --model (checked before loading it)."""
@@ -429,7 +454,7 @@ class Trainer:
             self.accuracy_before = self.last_accuracy = self.evaluate()
             self.log({"step": 0, "eval_accuracy": self.accuracy_before})
         bar = tqdm(range(self.step, config.steps), initial=self.step, total=config.steps, disable=not self.progress,
-                   desc=f"GRPO+NAT {config.method} ρ={config.budget:g}", dynamic_ncols=True)
+                   desc=f"GRPO {method_label(config.method, config.budget)}", dynamic_ncols=True)
         for _ in bar:
             step_times = {}
             with stopwatch(step_times, "rollout", self.device):
@@ -465,8 +490,9 @@ class Trainer:
                 ckpt.append_json_line(self.run_dir / "samples.jsonl",
                                       {"step": self.step, "question": batch.examples[0].question,
                                        "completion": completion, "reward": reward})
-            bar.set_postfix(reward=f"{record['reward_mean']:.2f}", acc=f"{self.last_accuracy:.2f}",
-                            tokens=f"{self.totals['response_tokens_used']}/{self.totals['response_tokens_generated']}")
+            bar.set_postfix_str(f"reward {record['reward_mean']:.2f} · held-out acc {self.last_accuracy:.1%} · "
+                                f"tokens trained on {self.totals['response_tokens_used']:,} of "
+                                f"{self.totals['response_tokens_generated']:,} generated", refresh=False)
             stopping = should_stop is not None and should_stop()
             if self.step % config.save_every == 0 or self.step == config.steps or stopping:
                 self.save()
@@ -498,15 +524,22 @@ class Trainer:
         }
 
 
+def method_label(method: str, budget: float, ascii: bool = False) -> str:
+    """"full" (it keeps every token, so no ρ), or e.g. "rpc ρ=0.5" ("rpc-0.5" for folder names)."""
+    if method == "full":
+        return "full"
+    return f"{method}-{budget:g}" if ascii else f"{method} ρ={budget:g}"
+
+
 def print_summary(summary: dict) -> None:
     times = summary["wall_seconds"]
-    print(f"\n{summary['method']} ρ={summary['budget']:g} on {summary['task']} ({summary['model']}), "
+    print(f"\n{method_label(summary['method'], summary['budget'])} on {summary['task']} ({summary['model']}), "
           f"{summary['steps']} steps")
     print(f"  held-out greedy accuracy: {summary['accuracy_before']:.1%} -> {summary['accuracy_after']:.1%} "
           f"({(summary['accuracy_after'] - summary['accuracy_before']) * 100:+.1f} points)")
     print(f"  response tokens used in updates: {summary['response_tokens_used']} of "
           f"{summary['response_tokens_generated']} generated ({summary['used_fraction']:.0%})")
-    print(f"  time: rollout {times['rollout']:.0f}s, update {times['update']:.0f}s, eval {times['eval']:.0f}s")
+    print(f"  time: rollout {times['rollout']:.1f} s, update {times['update']:.1f} s, eval {times['eval']:.1f} s")
     if summary["skipped_steps"]:
         print(f"  skipped non-finite steps: {summary['skipped_steps']}")
     print(f"  outputs: {summary['output_dir']} (summary.json, metrics.jsonl, checkpoints/)")
@@ -515,7 +548,15 @@ def print_summary(summary: dict) -> None:
 def main(argv=None) -> int:
     try:
         config = parse_args(argv)
-        summary = Trainer(config).train()
+        trainer = Trainer(config)
+        if trainer.threads_reason:
+            print(f"CPU threads: {trainer.threads_reason}", file=sys.stderr)
+        if config.resume and trainer.step >= config.steps:
+            print(f"nothing to do: {trainer.run_dir} has already trained {trainer.step} of its {config.steps} "
+                  f"steps. To train further, give a larger total, e.g. --resume {trainer.run_dir} --steps "
+                  f"{trainer.step + 20}.")
+            return 0
+        summary = trainer.train()
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
