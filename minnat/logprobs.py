@@ -22,16 +22,45 @@ from column P + t − 1. Position ids come from the attention mask (cumsum − 1
 padding and trimmed columns do not shift positions: the kept log-probs equal the full
 path's to float tolerance.
 
-Memory: logits are never materialised for the whole [B, T, V] block. The LM head and the
-log-softmax run on chunks of scored positions; under autograd each chunk is recomputed in
-the backward pass (activation checkpointing), so only the [K, H] hidden states are kept.
+Memory: the LM head and the log-softmax run in tiles bounded in positions AND vocabulary
+(`TiledHeadLogprob`). For K scored positions, hidden size H and vocabulary V,
+
+    log π(y_k) = z_{k,y_k}/τ − LSE_v(z_{k,v}/τ),    z = h Wᵀ + b,    W [V, H]
+
+is computed tile by tile: a [k, n] block of logits (k ≤ position tile, n ≤ vocabulary tile)
+is folded into a running maximum and a running Σ exp (the online log-sum-exp), so the forward
+keeps only hidden [K, H] and the LSE [K]. The backward recomputes each tile and turns it into
+the logits gradient in place,
+
+    ∂ log π(y_k) / ∂z_{k,v} = (δ_{v,y_k} − p_{k,v}) / τ,    p_{k,v} = exp(z_{k,v}/τ − LSE_k),
+
+then accumulates ∂h += G_tile W_tile and ∂W_tile += G_tileᵀ h (G = g_k·(δ − p)/τ, g_k the
+incoming gradient). The arithmetic, for Qwen's V = 151,936, H = 512, float32:
+
+* the previous design (1024 positions × the whole vocabulary, recomputed in backward by
+  activation checkpointing): one logits block is 1024 × 151,936 × 4 B = 622 MB, and the
+  recomputation holds the block, its exp temporary and the logits gradient at once: ~1.9 GB.
+* tiles (defaults from `head_tile_sizes`: 319 positions × 15,232 vocabulary): one tile is
+  19 MB; the backward holds about two (the logits tile becoming its gradient in place, plus a
+  cast copy for half-precision weights), plus ∂h [K, H]: tens of MB, whatever K and V are.
+
+FLOPs are the previous design's: forward 2KHV, backward 2KHV (the recomputation) + 4KHV.
+
+Why recompute, rather than compute the head's gradient in the forward pass as Liger's fused
+linear losses do: that needs g_k = ∂loss/∂log π(y_k) during the forward, i.e. the loss fused
+into the head. Here the log-probs go on to an arbitrary loss (the clipped ratio against
+log π_old, the k3 KL, the HT weights, TRL's or verl's losses), so g_k exists only in the
+backward. Computing just ∂log π/∂h in the forward would not help: ∂W = Σ_k g_k (δ − p_k) h_kᵀ/τ
+still needs p_k again in the backward, so the tiles are recomputed anyway, and [K, H] more
+is held. Recomputation costs one extra head matmul (2KHV) and keeps the API: log-probs in,
+any loss out.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from minnat.nat import Selection, check_response_mask
 
@@ -100,32 +129,147 @@ def plan_micro_batches(starts: torch.Tensor, ends: torch.Tensor, *, max_rows: in
     return batches[::-1]
 
 
-def _score_hidden(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-                  temperature: float) -> torch.Tensor:
-    """log softmax(head(h) / temperature)[target] for hidden [K, H], targets [K] -> float32 [K].
+def head_tile_sizes(hidden_size: int, vocab_size: int) -> tuple[int, int]:
+    """Default (position tile, vocabulary tile) of the LM head, from H and V.
 
-    Half-precision logits are upcast chunk by chunk (the log-softmax needs float32 accuracy);
-    float64 models stay in float64.
+    The vocabulary is split into ⌈V / 16,384⌉ equal tiles (a multiple of 128 wide, for the
+    matmul kernels), and a tile holds at most max(2²², V·H/16) logits: 16 MB in float32, or a
+    sixteenth of the head's weight matrix when that is larger. The backward holds about two
+    tiles, so the head's transient memory stays at ~1/8 of its own weight gradient (or 32 MB)
+    however many positions are scored, while the tiles stay large enough (≥ 64 positions ×
+    ≥ 128 columns × H) for efficient matrix products. Examples: H = 512, V = 151,936 gives
+    319 × 15,232 (19 MB); Qwen3-8B (H = 4096) gives 2,553 × 15,232; a 100-token vocabulary
+    gives 4,096 × 100.
     """
-    logits = head(hidden)
-    logits = logits.double() if logits.dtype == torch.float64 else logits.float()
+    if hidden_size < 1 or vocab_size < 1:
+        raise ValueError(f"hidden size and vocabulary must be positive; got {hidden_size} and {vocab_size}.")
+    tiles = math.ceil(vocab_size / 16_384)
+    vocab_tile = min(vocab_size, 128 * math.ceil(vocab_size / tiles / 128))
+    budget = max(2 ** 22, vocab_size * hidden_size // 16)
+    position_tile = max(64, min(4096, budget // vocab_tile))
+    return position_tile, vocab_tile
+
+
+def _vocabulary_tiles(vocab_size: int, vocab_tile: int):
+    return [(begin, min(begin + vocab_tile, vocab_size)) for begin in range(0, vocab_size, vocab_tile)]
+
+
+class TiledHeadLogprob(torch.autograd.Function):
+    """log softmax(h Wᵀ + b)/τ at the targets, in [position tile × vocabulary tile] blocks (see the module doc).
+
+    hidden [K, H] (model dtype), weight [V, H], bias [V] or None, targets long [K] -> [K] in the
+    accumulation dtype (float64 for float64 models, else float32). Logits of half-precision
+    models are upcast tile by tile, as the log-softmax needs float32 accuracy.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature: float, position_tile: int, vocab_tile: int):
+        accumulate = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        count = hidden.shape[0]
+        running_max = torch.full((count,), float("-inf"), dtype=accumulate, device=hidden.device)
+        running_sum = torch.zeros(count, dtype=accumulate, device=hidden.device)
+        target_logit = torch.zeros(count, dtype=accumulate, device=hidden.device)
+        for vocab_begin, vocab_end in _vocabulary_tiles(weight.shape[0], vocab_tile):
+            in_tile = (targets >= vocab_begin) & (targets < vocab_end)
+            for begin in range(0, count, position_tile):
+                end = min(begin + position_tile, count)
+                logits = _tile_logits(hidden[begin:end], weight, bias, vocab_begin, vocab_end, temperature,
+                                      accumulate)
+                rows = in_tile[begin:end].nonzero(as_tuple=True)[0]
+                target_logit[begin + rows] = logits[rows, targets[begin + rows] - vocab_begin]
+                # Online log-sum-exp: rescale the running sum to the new maximum, add this tile's exp-sum.
+                new_max = torch.maximum(running_max[begin:end], logits.amax(dim=1))
+                running_sum[begin:end] *= torch.exp(running_max[begin:end] - new_max)
+                running_sum[begin:end] += logits.sub_(new_max.unsqueeze(1)).exp_().sum(dim=1)
+                running_max[begin:end] = new_max
+        log_normaliser = running_max + torch.log(running_sum)
+        ctx.save_for_backward(hidden, weight, bias, targets, log_normaliser)
+        ctx.temperature, ctx.position_tile, ctx.vocab_tile = temperature, position_tile, vocab_tile
+        return target_logit - log_normaliser
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_logprob):
+        hidden, weight, bias, targets, log_normaliser = ctx.saved_tensors
+        needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        accumulate = log_normaliser.dtype
+        scale = grad_logprob.to(accumulate) / ctx.temperature  # g_k / τ
+        count = hidden.shape[0]
+        grad_hidden = torch.zeros(hidden.shape, dtype=accumulate, device=hidden.device) if needs_hidden else None
+        grad_weight = torch.zeros_like(weight) if needs_weight else None
+        grad_bias = torch.zeros_like(bias) if needs_bias else None
+        same_dtype = weight.dtype == accumulate  # float32/float64 models: accumulate in place, no copies
+        for vocab_begin, vocab_end in _vocabulary_tiles(weight.shape[0], ctx.vocab_tile):
+            weight_tile = weight[vocab_begin:vocab_end]
+            in_tile = (targets >= vocab_begin) & (targets < vocab_end)
+            # ∂W of this vocabulary tile, summed over the position tiles in the accumulation dtype.
+            weight_tile_grad = None
+            if needs_weight:
+                weight_tile_grad = grad_weight[vocab_begin:vocab_end] if same_dtype else \
+                    torch.zeros(weight_tile.shape, dtype=accumulate, device=weight.device)
+            for begin in range(0, count, ctx.position_tile):
+                end = min(begin + ctx.position_tile, count)
+                logits = _tile_logits(hidden[begin:end], weight, bias, vocab_begin, vocab_end, ctx.temperature,
+                                      accumulate)
+                # G = g/τ · (δ_{v,y} − p), built in place in the logits tile.
+                grad_logits = logits.sub_(log_normaliser[begin:end].unsqueeze(1)).exp_()
+                grad_logits.mul_(-scale[begin:end].unsqueeze(1))
+                rows = in_tile[begin:end].nonzero(as_tuple=True)[0]
+                grad_logits[rows, targets[begin + rows] - vocab_begin] += scale[begin + rows]
+                if needs_bias:
+                    grad_bias[vocab_begin:vocab_end] += grad_logits.sum(dim=0).to(bias.dtype)
+                if same_dtype:
+                    if needs_hidden:
+                        grad_hidden[begin:end].addmm_(grad_logits, weight_tile)
+                    if needs_weight:
+                        weight_tile_grad.addmm_(grad_logits.t(), hidden[begin:end])
+                    continue
+                grad_in_model_dtype = grad_logits.to(weight.dtype)
+                if needs_hidden:
+                    grad_hidden[begin:end] += torch.mm(grad_in_model_dtype, weight_tile).to(accumulate)
+                if needs_weight:
+                    weight_tile_grad += torch.mm(grad_in_model_dtype.t(), hidden[begin:end]).to(accumulate)
+            if needs_weight and not same_dtype:
+                grad_weight[vocab_begin:vocab_end] = weight_tile_grad
+        grad_hidden = grad_hidden.to(hidden.dtype) if needs_hidden else None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None
+
+
+def _tile_logits(hidden_tile, weight, bias, vocab_begin, vocab_end, temperature, accumulate):
+    """(h W[v₀:v₁]ᵀ + b[v₀:v₁]) / τ for one tile -> [k, v₁ − v₀] in the accumulation dtype (a fresh tensor)."""
+    logits = torch.mm(hidden_tile, weight[vocab_begin:vocab_end].t())
+    if bias is not None:
+        logits += bias[vocab_begin:vocab_end]
+    logits = logits.to(accumulate)
     if temperature != 1.0:
-        logits = logits / temperature
-    return logits.gather(1, targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=1)
+        logits.div_(temperature)
+    return logits
 
 
 def score_positions(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, *,
-                    temperature: float = 1.0, chunk_size: int = 1024) -> torch.Tensor:
-    """Chunked, recompute-in-backward log-probs of `targets` [K] from `hidden` [K, H] -> float32 [K]."""
-    pieces = []
-    for begin in range(0, hidden.shape[0], chunk_size):
-        chunk_hidden, chunk_targets = hidden[begin:begin + chunk_size], targets[begin:begin + chunk_size]
-        if torch.is_grad_enabled() and chunk_hidden.requires_grad:
-            pieces.append(checkpoint(_score_hidden, head, chunk_hidden, chunk_targets, temperature,
-                                     use_reentrant=False))
-        else:
-            pieces.append(_score_hidden(head, chunk_hidden, chunk_targets, temperature))
-    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+                    temperature: float = 1.0, position_tile: int | None = None,
+                    vocab_tile: int | None = None) -> torch.Tensor:
+    """log softmax(head(h) / τ)[target] for hidden [K, H], targets long [K] -> float32 [K] (float64 models: float64).
+
+    The head must be a linear layer (`get_output_embeddings()` of a Hugging Face causal LM);
+    its logits are computed in tiles (`TiledHeadLogprob`), sized by `head_tile_sizes` unless
+    given, and never materialised for more than one tile at a time.
+    """
+    weight = getattr(head, "weight", None)
+    if not isinstance(head, torch.nn.Linear) or weight is None or weight.dim() != 2:
+        raise ValueError(f"the LM head must be a torch.nn.Linear (a causal LM's get_output_embeddings()); got "
+                         f"{type(head).__name__}. Wrap a custom head in nn.Linear or score its logits yourself.")
+    if hidden.shape[0] != targets.shape[0] or hidden.dim() != 2:
+        raise ValueError(f"hidden must be [K, H] with one target per row; got {tuple(hidden.shape)} and "
+                         f"{tuple(targets.shape)}.")
+    if temperature <= 0:
+        raise ValueError(f"the temperature must be positive; got {temperature}.")
+    default_positions, default_vocab = head_tile_sizes(weight.shape[1], weight.shape[0])
+    position_tile, vocab_tile = position_tile or default_positions, vocab_tile or default_vocab
+    if position_tile < 1 or vocab_tile < 1:
+        raise ValueError(f"head tiles must be at least 1 wide; got {position_tile} positions × {vocab_tile} tokens.")
+    return TiledHeadLogprob.apply(hidden.to(weight.dtype), weight, head.bias, targets, float(temperature),
+                                  int(position_tile), int(vocab_tile))
 
 
 def logprob_dtype(model) -> torch.dtype:
@@ -159,7 +303,8 @@ def _check_inputs(input_ids, attention_mask, response_mask, selection):
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       response_mask: torch.Tensor, selection: Selection | None = None, *,
                       temperature: float = 1.0, max_rows_per_micro_batch: int | None = None,
-                      micro_batch_overhead_tokens: int = 128, head_chunk_size: int = 1024,
+                      micro_batch_overhead_tokens: int = 128, head_position_tile: int | None = None,
+                      head_vocab_tile: int | None = None,
                       stats: LogprobStats | None = None) -> torch.Tensor:
     """log π_θ(o_t | q, o_<t) at the response tokens the selection keeps -> float [B, T].
 
@@ -172,6 +317,8 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     temperature     the sampling temperature, so that log π matches the distribution sampled from
     micro_batch_overhead_tokens  what one extra forward pass is worth in tokens (see
                     `plan_micro_batches`); 0 = no padding at all, many passes
+    head_position_tile, head_vocab_tile  the LM head's tile (positions × vocabulary); None = chosen
+                    from the model's hidden size and vocabulary by `head_tile_sizes`
     stats           if given, filled with what was passed to the model
 
     Positions not kept are 0 in the output (float32, or float64 for a float64 model).
@@ -221,7 +368,8 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
         hidden_column = prompt_columns + response_column - 1 - micro.start
         targets = input_ids[rows[local_row], prompt_columns + response_column]
         values.append(score_positions(head, hidden[local_row, hidden_column], targets,
-                                      temperature=temperature, chunk_size=head_chunk_size))
+                                      temperature=temperature, position_tile=head_position_tile,
+                                      vocab_tile=head_vocab_tile))
         row_indices.append(rows[local_row])
         column_indices.append(response_column)
         stats.positions_scored += int(targets.numel())

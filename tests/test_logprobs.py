@@ -2,8 +2,11 @@
 import pytest
 import torch
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import minnat.logprobs
 from conftest import build_tiny_qwen3, make_batch
-from minnat.logprobs import LogprobStats, plan_micro_batches, response_logprobs
+from minnat.logprobs import LogprobStats, head_tile_sizes, plan_micro_batches, response_logprobs, score_positions
 from minnat.nat import select_tokens
 
 
@@ -42,34 +45,135 @@ def test_kept_logprobs_equal_the_full_path(dtype, tolerance):
             assert (kept[~selection.keep] == 0).all()
 
 
-def test_temperature_divides_the_logits():
-    model = build_tiny_qwen3(seed=5)
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_temperature_divides_the_logits(dtype, tolerance):
+    model = build_tiny_qwen3(seed=5, dtype=dtype)
     input_ids, attention_mask, response_mask = make_batch([3, 5], [4, 2], seed=5)
     with torch.no_grad():
         logits = model(input_ids[:1, 2:8]).logits.double() / 0.7  # row 0: prompt starts at column 2
         expected = torch.log_softmax(logits, -1)[0, 2:6].gather(1, input_ids[0, 5:9].unsqueeze(1)).squeeze(1)
         got = response_logprobs(model, input_ids, attention_mask, response_mask, temperature=0.7)
-    assert torch.allclose(got[0, :4], expected, atol=1e-6)
+    assert (got[0, :4].double() - expected).abs().max() < tolerance
+
+
+def full_logits_reference(head, hidden, targets, temperature):
+    """The plain computation the tiles must reproduce: every logit at once, log_softmax in float64."""
+    logits = head(hidden).double() / temperature
+    return torch.log_softmax(logits, dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("tiles", [(None, None), (7, 50), (1, 1000), (64, 333)])
+def test_tiled_head_equals_the_full_logits(dtype, tolerance, tiles):
+    """Values and gradients (hidden, weight, bias) of the tiled head = the full-logits computation, τ ≠ 1."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(24, 1000, bias=True, dtype=dtype)
+    hidden = torch.randn(45, 24, dtype=dtype, requires_grad=True)
+    targets = torch.randint(0, 1000, (45,))
+    targets[:3] = torch.tensor([0, 999, 500])  # first and last vocabulary entries, and a tile border
+    incoming = torch.randn(45, dtype=dtype)  # an arbitrary downstream gradient, as the GRPO loss gives
+    for temperature in (1.0, 0.7, 1.6):
+        got = score_positions(head, hidden, targets, temperature=temperature, position_tile=tiles[0],
+                              vocab_tile=tiles[1])
+        assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+        (got.to(dtype) * incoming).sum().backward()
+        tiled_grads = [hidden.grad, head.weight.grad, head.bias.grad]
+        hidden.grad = head.weight.grad = head.bias.grad = None
+        expected = full_logits_reference(head, hidden, targets, temperature)
+        (expected.to(dtype) * incoming).sum().backward()
+        assert (got.double() - expected).abs().max() < tolerance
+        for tiled, plain in zip(tiled_grads, [hidden.grad, head.weight.grad, head.bias.grad]):
+            assert (tiled.double() - plain.double()).abs().max() < tolerance * (1 + plain.abs().max())
+        hidden.grad = head.weight.grad = head.bias.grad = None
+
+
+def test_tiled_head_in_bfloat16_matches_float32_and_handles_no_positions():
+    torch.manual_seed(1)
+    head = torch.nn.Linear(32, 700, bias=False)
+    hidden = torch.randn(20, 32)
+    targets = torch.randint(0, 700, (20,))
+    expected = full_logits_reference(head, hidden, targets, 0.8)
+    half_head = torch.nn.Linear(32, 700, bias=False, dtype=torch.bfloat16)
+    half_head.weight.data.copy_(head.weight.data)
+    half_hidden = hidden.bfloat16().requires_grad_()
+    got = score_positions(half_head, half_hidden, targets, temperature=0.8, position_tile=8, vocab_tile=128)
+    assert got.dtype == torch.float32 and (got.double() - expected).abs().max() < 0.1  # bf16 inputs: ~3 digits
+    got.sum().backward()
+    assert half_hidden.grad.dtype == torch.bfloat16 and torch.isfinite(half_head.weight.grad.float()).all()
+    empty = score_positions(head, torch.zeros(0, 32, requires_grad=True), torch.zeros(0, dtype=torch.long))
+    assert empty.shape == (0,)
+
+
+class LargestTensor(TorchDispatchMode):
+    """The largest tensor any operation creates (forward and backward), by element count, except `allowed` shapes."""
+
+    def __init__(self, allowed_shapes):
+        super().__init__()
+        self.allowed, self.largest = {tuple(shape) for shape in allowed_shapes}, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        for tensor in (result if isinstance(result, (tuple, list)) else [result]):
+            if isinstance(tensor, torch.Tensor) and tuple(tensor.shape) not in self.allowed:
+                self.largest = max(self.largest, tensor.numel())
+        return result
+
+
+def test_head_memory_is_bounded_by_one_tile_whatever_the_number_of_positions():
+    """No tensor larger than a tile is ever made, however many positions: [K, V] logits never exist."""
+    torch.manual_seed(2)
+    vocab, width, positions = 5000, 16, 3000
+    head = torch.nn.Linear(width, vocab, bias=False)
+    hidden = torch.randn(positions, width, requires_grad=True)
+    targets = torch.randint(0, vocab, (positions,))
+    with LargestTensor(allowed_shapes=[head.weight.shape]) as meter:  # the weight's own gradient is [V, H]
+        score_positions(head, hidden, targets, temperature=0.9, position_tile=256, vocab_tile=1024).sum().backward()
+    assert meter.largest <= 256 * 1024 < positions * vocab // 50
+
+
+def test_default_tiles_follow_hidden_size_and_vocabulary():
+    assert head_tile_sizes(512, 151_936) == (319, 15_232)    # 19 MB float32 tiles for the benchmark's model
+    assert head_tile_sizes(4096, 151_936) == (2553, 15_232)  # Qwen3-8B: larger tiles, still 1/16 of V·H
+    assert head_tile_sizes(128, 100) == (4096, 100)          # a tiny vocabulary: one tile across
+    for hidden_size, vocab in [(512, 151_936), (4096, 151_936), (1024, 32_000), (64, 257)]:
+        position_tile, vocab_tile = head_tile_sizes(hidden_size, vocab)
+        assert vocab_tile <= vocab and position_tile * vocab_tile <= max(2 ** 22, vocab * hidden_size // 16) + vocab
+    with pytest.raises(ValueError, match="must be positive"):
+        head_tile_sizes(0, 10)
+
+
+def test_response_logprobs_does_not_depend_on_the_head_tiles():
+    model = build_tiny_qwen3(seed=10)
+    input_ids, attention_mask, response_mask = make_batch([3, 5, 2], [9, 4, 7], seed=10)
+    with torch.no_grad():
+        default = response_logprobs(model, input_ids, attention_mask, response_mask, temperature=0.9)
+        tiny_tiles = response_logprobs(model, input_ids, attention_mask, response_mask, temperature=0.9,
+                                       head_position_tile=3, head_vocab_tile=10)
+    assert (default - tiny_tiles).abs().max() < 1e-12
 
 
 class TokenCounter:
-    """Counts the tokens the transformer body and the LM head actually receive."""
+    """Counts the tokens the transformer body receives and the positions response_logprobs sends to the LM head."""
 
-    def __init__(self, model):
+    def __init__(self, model, monkeypatch):
         self.body_tokens, self.head_positions = 0, 0
         model.get_decoder().register_forward_pre_hook(self.count_body, with_kwargs=True)
-        model.get_output_embeddings().register_forward_pre_hook(self.count_head)
+        score = minnat.logprobs.score_positions
+
+        def counted(head, hidden, targets, **options):
+            assert head is model.get_output_embeddings()
+            self.head_positions += hidden.shape[0]
+            return score(head, hidden, targets, **options)
+
+        monkeypatch.setattr(minnat.logprobs, "score_positions", counted)
 
     def count_body(self, module, args, kwargs):
         self.body_tokens += kwargs["input_ids"].numel()
 
-    def count_head(self, module, args):
-        self.head_positions += args[0].shape[0]
 
-
-def test_rpc_really_shortens_what_the_model_sees():
+def test_rpc_really_shortens_what_the_model_sees(monkeypatch):
     model = build_tiny_qwen3(seed=6)
-    counter = TokenCounter(model)
+    counter = TokenCounter(model, monkeypatch)
     prompt_lengths = [4] * 16
     response_lengths = [40] * 16
     input_ids, attention_mask, response_mask = make_batch(prompt_lengths, response_lengths, seed=6)
@@ -93,9 +197,9 @@ def test_rpc_really_shortens_what_the_model_sees():
         assert needed <= counter.body_tokens < 0.75 * full_tokens
 
 
-def test_urs_runs_the_body_fully_but_the_head_only_at_kept_positions():
+def test_urs_runs_the_body_fully_but_the_head_only_at_kept_positions(monkeypatch):
     model = build_tiny_qwen3(seed=7)
-    counter = TokenCounter(model)
+    counter = TokenCounter(model, monkeypatch)
     input_ids, attention_mask, response_mask = make_batch([3, 5, 2], [10, 7, 9], seed=7)
     selection = select_tokens(response_mask, "urs", 0.3, torch.Generator().manual_seed(1))
     stats = LogprobStats()
