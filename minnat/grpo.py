@@ -15,9 +15,14 @@ and the loss averages them (`policy_loss`, with w_{i,t} = 1 for full GRPO):
 
     "seq-mean-token-mean"      (GRPO)     (1/N) Σ_i (1/|o_i|) Σ_t w_{i,t} ℓ_{i,t}     N = rows with |o_i| > 0
     "token-mean"               (DAPO)     Σ_i Σ_t w_{i,t} ℓ_{i,t} / Σ_i |o_i|
-    "seq-mean-token-sum-norm"  (Dr. GRPO) Σ_i Σ_t w_{i,t} ℓ_{i,t} / (B · T)         T = response columns
+    "seq-mean-token-sum-norm"  (Dr. GRPO) Σ_i Σ_t w_{i,t} ℓ_{i,t} / (B · L_max)     L_max = max_new_tokens
 
-NAT passes w_{i,t} = keep_{i,t}/π_{i,t}. Every normaliser above (|o_i|, Σ|o_i|, B·T) is
+L_max is the run's generation limit (`max_new_tokens`), a constant of the run as in Dr. GRPO
+and TRL's "dr_grpo" — not this batch's longest response, which would change the loss's scale
+from batch to batch (and make it depend on the rollout). `policy_loss` therefore needs
+`max_new_tokens` for this aggregation and refuses to guess it.
+
+NAT passes w_{i,t} = keep_{i,t}/π_{i,t}. Every normaliser above (|o_i|, Σ|o_i|, B·L_max) is
 computed from the FULL response mask — never from the number of kept tokens — so it is a
 constant with respect to the random selection and E[loss_NAT] = loss_full holds exactly.
 Dividing by the kept count instead would make the estimator a ratio, which is biased.
@@ -105,11 +110,29 @@ def token_terms(logprobs, old_logprobs, advantages, response_mask, *, ref_logpro
     return torch.where(mask, loss, zero), ratio, is_clipped, torch.where(mask, kl, zero)
 
 
+def check_max_new_tokens(max_new_tokens: int | None, response_mask: torch.Tensor, loss_agg: str) -> None:
+    """seq-mean-token-sum-norm needs the run's generation limit, and no response may be longer than it."""
+    if max_new_tokens is None:
+        if loss_agg == "seq-mean-token-sum-norm":
+            raise ValueError("loss_agg 'seq-mean-token-sum-norm' (Dr. GRPO) divides by B × max_new_tokens, the "
+                             "run's generation limit; pass max_new_tokens=... (the value given to generate), not "
+                             "this batch's longest response.")
+        return
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive whole number (the generation limit); "
+                         f"got {max_new_tokens!r}.")
+    longest = int(response_mask.bool().sum(dim=1).max()) if response_mask.numel() else 0
+    if longest > max_new_tokens:
+        raise ValueError(f"a response has {longest} tokens but max_new_tokens is {max_new_tokens}; pass the "
+                         "generation limit the responses were sampled with.")
+
+
 def aggregate(loss_per_token: torch.Tensor, response_mask: torch.Tensor, weights: torch.Tensor | None,
-              loss_agg: str) -> torch.Tensor:
+              loss_agg: str, max_new_tokens: int | None = None) -> torch.Tensor:
     """Σ_t w_{i,t}·ℓ_{i,t} with the FULL-mask normaliser of `loss_agg` -> scalar."""
     if loss_agg not in LOSS_AGGREGATIONS:
         raise ValueError(f"unknown loss_agg {loss_agg!r}; choose one of {LOSS_AGGREGATIONS}.")
+    check_max_new_tokens(max_new_tokens, response_mask, loss_agg)
     mask = response_mask.bool()
     if weights is None:
         weighted = loss_per_token
@@ -123,14 +146,14 @@ def aggregate(loss_per_token: torch.Tensor, response_mask: torch.Tensor, weights
         return per_sequence[has_tokens].sum() / has_tokens.sum().clamp(min=1)
     if loss_agg == "token-mean":
         return weighted.sum() / lengths.sum().clamp(min=1)
-    return weighted.sum() / max(mask.numel(), 1)
+    return weighted.sum() / max(mask.shape[0] * max_new_tokens, 1)
 
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                 response_mask: torch.Tensor, *, weights: torch.Tensor | None = None,
                 ref_logprobs: torch.Tensor | None = None, clip_eps: float = 0.2,
                 clip_eps_high: float | None = None, kl_coef: float = 0.0,
-                loss_agg: str = "seq-mean-token-mean") -> torch.Tensor:
+                loss_agg: str = "seq-mean-token-mean", max_new_tokens: int | None = None) -> torch.Tensor:
     """The GRPO loss (scalar), full-token when weights is None, NAT when weights = Selection.weights.
 
     logprobs      [B, T] log π_θ at response tokens (differentiable); 0 where not computed
@@ -139,6 +162,8 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     response_mask [B, T] bool, right-padded; rows with |o_i| = 0 contribute nothing
     weights       [B, T] keep/π_t from `minnat.nat.select_tokens`, or None for every token
     ref_logprobs  [B, T] log π_ref, needed when kl_coef = β > 0
+    max_new_tokens  L_max, the run's generation limit: needed by "seq-mean-token-sum-norm"
+                  (normaliser B·L_max), ignored by the other aggregations
     """
     if loss_agg not in LOSS_AGGREGATIONS:
         raise ValueError(f"unknown loss_agg {loss_agg!r}; choose one of {LOSS_AGGREGATIONS}.")
@@ -154,14 +179,15 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
                                                                                 device=logprobs.device),
                                           response_mask, ref_logprobs=ref_logprobs, clip_eps=clip_eps,
                                           clip_eps_high=clip_eps_high, kl_coef=kl_coef)
-    return aggregate(loss_per_token, response_mask, weights, loss_agg)
+    return aggregate(loss_per_token, response_mask, weights, loss_agg, max_new_tokens)
 
 
 def aggregation_share(chunk_mask: torch.Tensor, batch_mask: torch.Tensor, loss_agg: str) -> float:
     """The factor that turns a chunk's `policy_loss` into its share of the whole batch's loss.
 
     With gradient accumulation over row chunks, Σ_chunks share·loss(chunk) = loss(batch) exactly,
-    because every normaliser is a count over the FULL response mask (rows with tokens, tokens, or rows).
+    because every normaliser is a count over the FULL response mask (rows with tokens, tokens, or rows
+    × the constant max_new_tokens).
     """
     if loss_agg == "seq-mean-token-mean":
         return int(chunk_mask.any(dim=1).sum()) / max(int(batch_mask.any(dim=1).sum()), 1)

@@ -374,7 +374,8 @@ class Trainer:
                                        weights=selection.weights[chunk],
                                        ref_logprobs=None if reference_logprobs is None else reference_logprobs[chunk],
                                        clip_eps=config.clip_eps, clip_eps_high=config.clip_eps_high,
-                                       kl_coef=config.kl_coef, loss_agg=config.loss_agg)
+                                       kl_coef=config.kl_coef, loss_agg=config.loss_agg,
+                                       max_new_tokens=config.max_new_tokens)  # Dr. GRPO's constant B·L_max
                     loss = loss * aggregation_share(response_mask[chunk], response_mask, config.loss_agg)
                 if meter is not None:
                     activation_bytes = max(activation_bytes, meter.bytes)

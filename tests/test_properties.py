@@ -57,7 +57,7 @@ def test_policy_loss_is_finite_with_finite_gradients(lengths, method, budget, lo
     ref = logprobs.detach() + 0.5 * torch.randn(mask.shape, generator=generator, dtype=dtype)
     advantages = torch.randn(len(lengths), generator=generator, dtype=dtype)
     loss = policy_loss(logprobs, old, advantages, mask, weights=selection.weights.to(dtype), ref_logprobs=ref,
-                       kl_coef=0.1, loss_agg=loss_agg)
+                       kl_coef=0.1, loss_agg=loss_agg, max_new_tokens=mask.shape[1])
     assert torch.isfinite(loss)
     if loss.requires_grad:
         loss.backward()
