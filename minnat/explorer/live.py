@@ -1,0 +1,373 @@
+"""View 4, Live training: full, URS and RPC trained side by side — same learning, fewer tokens?
+
+Each ticked method gets a short GRPO run with `minnat.train.Trainer`, from the same model, on the
+same questions, with the same seed. The runs live in background threads that take turns step by
+step (`RoundRobin`), so exactly one computes at a time and each gets a fair share of the machine;
+each keeps its own torch random stream across turns, so every run samples exactly what it would
+sample alone (all of them see the same responses at step 1).
+
+After every step the page redraws: reward and greedy held-out accuracy, update-step time,
+response tokens trained on (NAT: Σ keep over the batch), and the activation memory held for
+backward (`minnat.measure.ActivationMeter`), with a table of what URS and RPC save against full.
+"""
+from __future__ import annotations
+
+import html
+import math
+import os
+import shutil
+import tempfile
+import threading
+import time
+
+import gradio as gr
+import torch
+from matplotlib.figure import Figure
+
+from minnat.explorer.helpers import (chosen_methods, error_box, method_choices, method_name, note_box, show_error,
+                                     whole_number)
+from minnat.explorer.library import Shared
+from minnat.explorer.style import method_color
+from minnat.nat import check_budget
+from minnat.train import TrainConfig, Trainer
+
+MAX_LIVE_STEPS = 200
+
+
+class StopTraining(Exception):
+    """Raised inside a trainer's on_step callback to end its run as soon as Stop is pressed."""
+
+
+class RoundRobin:
+    """Lets several trainer threads take turns step by step, so exactly one computes at a time.
+
+    `queue[0]` holds the turn; `pass_turn` moves the caller to the back. Waiting ends early when the
+    run is stopped."""
+
+    def __init__(self, names, stop: threading.Event):
+        self.queue = list(names)
+        self.stop = stop
+        self.condition = threading.Condition()
+
+    def wait(self, name: str) -> None:
+        with self.condition:
+            self.condition.wait_for(lambda: self.stop.is_set() or (self.queue and self.queue[0] == name))
+
+    def pass_turn(self, name: str) -> None:
+        with self.condition:
+            if name in self.queue:
+                self.queue.remove(name)
+                self.queue.append(name)
+            self.condition.notify_all()
+
+    def leave(self, name: str) -> None:
+        with self.condition:
+            if name in self.queue:
+                self.queue.remove(name)
+            self.condition.notify_all()
+
+    def wake(self) -> None:
+        with self.condition:
+            self.condition.notify_all()
+
+
+class LiveRun:
+    """Short GRPO runs of several methods, trained in background threads that take turns step by step.
+
+    Each method's Trainer loads its own copy of the model, so nothing is shared with other sessions.
+    `records[method]` grows with one dict per step (the Trainer's step record, plus step 0's accuracy)."""
+
+    def __init__(self, configs: dict, folder: str):
+        self.configs = configs
+        self.folder = folder  # the runs' output folders live under it
+        self.stop_event = threading.Event()
+        self.turns = RoundRobin(list(configs), self.stop_event)
+        self.updated = threading.Condition()
+        self.records = {method: [] for method in configs}
+        self.status = {method: "waiting" for method in configs}
+        self.errors: dict[str, str] = {}
+        self.started = time.perf_counter()
+        self.threads = [threading.Thread(target=self._train, args=(method,), daemon=True,
+                                         name=f"minnat-live-{method}") for method in configs]
+
+    def start(self) -> "LiveRun":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.turns.wake()
+
+    @property
+    def running(self) -> bool:
+        return any(thread.is_alive() for thread in self.threads)
+
+    def _publish(self, method: str, record: dict | None = None, status: str | None = None) -> None:
+        with self.updated:
+            if record is not None:
+                self.records[method].append(record)
+            if status is not None:
+                self.status[method] = status
+            self.updated.notify_all()
+
+    def wait_for_news(self, timeout: float) -> None:
+        with self.updated:
+            self.updated.wait(timeout)
+
+    def _train(self, method: str) -> None:
+        config = self.configs[method]
+        try:
+            self.turns.wait(method)
+            if self.stop_event.is_set():
+                raise StopTraining
+            self._publish(method, status="loading the model")
+            trainer = Trainer(config, progress=False)
+            self._publish(method, status="evaluating before training")
+
+            def on_step(record: dict) -> None:
+                if not self.records[method]:
+                    self._publish(method, {"step": 0, "eval_accuracy": trainer.accuracy_before})
+                self._publish(method, dict(record), status=f"step {record['step']}/{config.steps}")
+                # Sampling uses torch's global random stream. Each method keeps its own across turns, so
+                # every run samples exactly as it would alone with this seed (same responses at step 1).
+                random_state = torch.get_rng_state()
+                self.turns.pass_turn(method)
+                self.turns.wait(method)
+                if self.stop_event.is_set():
+                    raise StopTraining
+                torch.set_rng_state(random_state)
+
+            trainer.train(on_step=on_step, should_stop=self.stop_event.is_set)
+            self._publish(method, status="finished")
+        except StopTraining:
+            self._publish(method, status="stopped")
+        except Exception as error:  # noqa: BLE001 — shown in the page instead of killing the thread silently
+            self.errors[method] = f"{type(error).__name__}: {error}"
+            self._publish(method, status="failed")
+        finally:
+            self.turns.leave(method)
+            self._publish(method)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- the picture and the table
+
+def live_figure(run: LiveRun) -> Figure:
+    figure = Figure(figsize=(13, 6.4), layout="constrained")
+    axes = figure.subplots(2, 2).flatten()
+    for method, records in run.records.items():
+        color, name = method_color(method), method_name(method)
+        steps = [r for r in records if r["step"] > 0]
+        x = [r["step"] for r in steps]
+        if steps:
+            axes[0].plot(x, [r["reward_mean"] for r in steps], "-", color=color, lw=1.6, alpha=0.8,
+                         label=f"{name} reward")
+            axes[1].plot(x, [r["update_seconds"] for r in steps], "-o", color=color, ms=3, lw=1.4, label=name)
+            axes[2].plot(x, [r.get("response_tokens_used") or 0 for r in steps], "-o", color=color, ms=3, lw=1.4,
+                         label=f"{name} trained on")
+            if method == "full":
+                axes[2].plot(x, [r["response_tokens_generated"] for r in steps], ":", color="#9ca3af", lw=1.2,
+                             label="generated")
+            memory = [(r["step"], r["activation_bytes"] / 2**20) for r in steps if r.get("activation_bytes")]
+            if memory:
+                axes[3].plot(*zip(*memory), "-o", color=color, ms=3, lw=1.4, label=name)
+        accuracy = [(r["step"], r["eval_accuracy"]) for r in records if r.get("eval_accuracy") is not None]
+        if accuracy:
+            axes[0].plot(*zip(*accuracy), "--s", color=color, ms=5, lw=1.2, label=f"{name} held-out accuracy")
+    titles = ["reward (solid) and greedy held-out accuracy (dashed)", "update-step time (s)",
+              "response tokens per step", "activation memory held for backward (MiB)"]
+    for axis, title in zip(axes, titles):
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.25)
+        if axis.lines:
+            axis.legend(frameon=False, fontsize=8)
+    axes[0].set_ylim(-0.03, 1.03)
+    return figure
+
+
+def mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def method_numbers(run: LiveRun, method: str) -> dict:
+    """What one method did so far: steps, reward, accuracy first → last, tokens, time and memory per step."""
+    records = run.records[method]
+    steps = [r for r in records if r["step"] > 0]
+    accuracy = [r["eval_accuracy"] for r in records if r.get("eval_accuracy") is not None]
+    return {
+        "steps": len(steps), "status": run.status[method],
+        "reward_last5": mean([r["reward_mean"] for r in steps[-5:]]),
+        "accuracy_first": accuracy[0] if accuracy else None, "accuracy_last": accuracy[-1] if accuracy else None,
+        "tokens_used": sum(r.get("response_tokens_used") or 0 for r in steps),
+        "tokens_generated": sum(r["response_tokens_generated"] for r in steps),
+        "update_seconds": mean([r["update_seconds"] for r in steps]),
+        "activation_mib": mean([(r.get("activation_bytes") or 0) / 2**20 for r in steps]) if steps else None,
+        "loss_last": steps[-1].get("loss") if steps else None,
+    }
+
+
+def summary_row(method: str, n: dict, full: dict | None) -> str:
+    def versus(key, unit_format):
+        value = n[key]
+        if value is None:
+            return "—"
+        text = unit_format(value)
+        if full and method != "full" and full[key]:
+            text += f" ({(value / full[key] - 1):+.0%} vs full)"
+        return text
+
+    accuracy = "—" if n["accuracy_first"] is None else f"{n['accuracy_first']:.0%} → {n['accuracy_last']:.0%}"
+    tokens = f"{n['tokens_used']:,} of {n['tokens_generated']:,}" if n["steps"] else "—"
+    if n["steps"] and n["tokens_generated"]:
+        tokens += f" ({n['tokens_used'] / n['tokens_generated']:.0%})"
+    reward = "—" if n["reward_last5"] is None else f"{n['reward_last5']:.2f}"
+    return (f"| **{method_name(method)}** | {n['status']} | {n['steps']} | {reward} | {accuracy} | {tokens} | "
+            f"{versus('update_seconds', lambda v: f'{v:.2f} s')} | "
+            f"{versus('activation_mib', lambda v: f'{v:.1f} MiB')} |")
+
+
+def live_summary(run: LiveRun) -> tuple[str, dict]:
+    """A table of what each method did so far and what it saved against full (if full runs)."""
+    numbers = {method: method_numbers(run, method) for method in run.records}
+    full = numbers.get("full")
+    rows = ["| method | status | steps | reward (last 5) | held-out accuracy | tokens trained on | update time / step "
+            "| activation memory |", "|---|---|---|---|---|---|---|---|"]
+    rows += [summary_row(method, n, full) for method, n in numbers.items()]
+    text = "\n".join(rows)
+    savings = []
+    if full and full["steps"] and full["update_seconds"] and full["activation_mib"]:
+        for method, n in numbers.items():
+            if method != "full" and n["steps"]:
+                savings.append(f"**{method_name(method)}** trained on "
+                               f"{n['tokens_used'] / max(n['tokens_generated'], 1):.0%} of the tokens, its update "
+                               f"step took {n['update_seconds'] / full['update_seconds']:.0%} of full's time and "
+                               f"held {n['activation_mib'] / full['activation_mib']:.0%} of its activation memory")
+    if savings:
+        text += "\n\nSo far: " + "; ".join(savings) + "."
+    for method, message in run.errors.items():
+        text += "\n\n" + error_box(f"{method_name(method)} failed: {message}")
+    text += (f"\n\n<span class='nat-muted'>Runs (metrics.jsonl, samples.jsonl, final checkpoints) are written to "
+             f"<code>{html.escape(run.folder)}</code> and removed when you start a new run or close the tab.</span>")
+    return text, numbers
+
+
+# ----------------------------------------------------------------------------- the tab
+
+def check_live_settings(shared: Shared, shown, rho, steps, lr, batch_size, size, num_eval, eval_every, seed):
+    """The Start button's settings, checked: a dict of TrainConfig fields, or a ValueError sentence."""
+    methods = chosen_methods(shown, what="choose at least one method to train.")
+    rho = check_budget(rho)
+    steps = whole_number(steps, "steps", 1, MAX_LIVE_STEPS)
+    size = whole_number(size, "the group size G", 2, 64)
+    batch_size = whole_number(batch_size, "the batch size", size, 1024)
+    if batch_size % size:
+        raise ValueError(f"the batch size ({batch_size}) must be a multiple of the group size G "
+                         f"({size}); try {max(1, batch_size // size) * size}.")
+    num_eval = whole_number(num_eval, "held-out questions", 1, len(shared.task.eval_examples))
+    eval_every = whole_number(eval_every, "evaluate every", 0, MAX_LIVE_STEPS)
+    seed = whole_number(seed, "the seed", 0, 2**31 - 1)
+    try:
+        lr = float(lr)
+    except (TypeError, ValueError):
+        lr = float("nan")
+    if not (math.isfinite(lr) and 0 < lr < 1):
+        raise ValueError(f"the learning rate must be a number between 0 and 1; got {lr}.")
+    return methods, dict(budget=rho, steps=steps, batch_size=batch_size, group_size=size, learning_rate=lr,
+                         eval_every=eval_every, num_eval=num_eval, eval_batch_size=max(num_eval, 1), seed=seed)
+
+
+def live_configs(shared: Shared, model_name: str, max_new_tokens: int, methods, settings: dict, folder: str) -> dict:
+    """One TrainConfig per method, writing under `folder` (no intermediate checkpoints)."""
+    configs = {}
+    for method in methods:
+        fields = dict(settings, budget=settings["budget"] if method != "full" else 1.0)
+        configs[method] = TrainConfig(model=model_name, task=shared.task_name, data_path=shared.data_path,
+                                      method=method, max_new_tokens=max_new_tokens, log_samples=1,
+                                      save_every=MAX_LIVE_STEPS + 1, device="cpu", out=os.path.join(folder, method),
+                                      overwrite=True, **fields)
+    return configs
+
+
+def run_live(shared: Shared, model, shown, rho, steps, lr, batch_size, size, num_eval, eval_every, seed, previous):
+    """Start button (a generator): yields (plot, table, numbers, status, run) after every step of any method."""
+    if previous is not None:
+        previous.cleanup()
+    keep = (gr.update(), gr.update(), gr.update())
+    try:
+        methods, settings = check_live_settings(shared, shown, rho, steps, lr, batch_size, size, num_eval,
+                                                eval_every, seed)
+        loaded = shared.session_model(model)  # checks the model loads before the threads try
+    except ValueError as error:
+        yield *keep, show_error(error), None
+        return
+    folder = tempfile.mkdtemp(prefix="minnat-app-live-")
+    run = LiveRun(live_configs(shared, loaded.name, loaded.max_new_tokens, methods, settings, folder), folder).start()
+    yield *keep, note_box("Starting: each method loads its own copy of the model…"), run
+    try:
+        shown_steps = -1
+        while True:
+            alive = run.running
+            total = sum(len(r) for r in run.records.values())
+            if total != shown_steps or not alive:
+                shown_steps = total
+                summary, numbers = live_summary(run)
+                status = " · ".join(f"{method_name(m)}: {s}" for m, s in run.status.items())
+                elapsed = time.perf_counter() - run.started
+                yield (live_figure(run), summary, {"summary": numbers, "records": run.records},
+                       note_box(f"{'Running' if alive else 'Done'} ({elapsed:.0f} s) — {status}"), run)
+            if not alive:
+                break
+            run.wait_for_news(timeout=1.0)
+    finally:
+        if run.running:  # the page went away mid-run: do not train for nobody
+            run.stop()
+
+
+def build_live_tab(shared: Shared) -> None:
+    """The Live-training tab's controls and events (call inside `with gr.Tab(...)`)."""
+    gr.Markdown("Train full, URS and RPC side by side from the same model on the same questions. The "
+                "three runs take turns step by step, so they share the machine fairly. Same learning, "
+                "fewer tokens? (Greedy held-out accuracy is measured every few steps.)")
+    live_state = gr.State(None, delete_callback=lambda run: run.cleanup() if run is not None else None)
+    with gr.Row():
+        methods = gr.CheckboxGroup(method_choices(), value=[value for _, value in method_choices()],
+                                   label="methods", info="each trains its own copy of the model")
+        budget = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="budget ρ", info="for URS and RPC")
+        steps = gr.Number(20, precision=0, label="steps", info="GRPO steps per method")
+        lr = gr.Number(3e-4, label="learning rate", info="AdamW, as in the trainer")
+    with gr.Row():
+        batch = gr.Number(32, precision=0, label="batch size", info="responses per step (a multiple of G)")
+        group = gr.Number(8, precision=0, label="group size G", info="responses per question")
+        num_eval = gr.Number(50, precision=0, label="held-out questions", info="greedy accuracy is measured on these")
+        eval_every = gr.Number(5, precision=0, label="evaluate every",
+                               info="steps between evaluations (0: first and last only)")
+        seed = gr.Number(0, precision=0, label="seed", info="same for every method")
+    with gr.Row():
+        button = gr.Button("Start", variant="primary")
+        stop_button = gr.Button("Stop", variant="stop")
+    status = gr.Markdown(elem_id="nat-live-status")
+    plot = gr.Plot(label="live metrics", format="png", show_label=False)
+    table = gr.Markdown(elem_id="nat-live-table")
+    with gr.Accordion("step records as numbers", open=False):
+        numbers = gr.JSON()
+
+    def start_clicked(model, shown, rho, num_steps, rate, batch_size, size, questions, every, seed_value, previous):
+        yield from run_live(shared, model, shown, rho, num_steps, rate, batch_size, size, questions, every,
+                            seed_value, previous)
+
+    def stop_clicked(run):
+        if run is None:
+            return note_box("Nothing is running.")
+        run.stop()
+        return note_box("Stopping: each method finishes the step it is on…")
+
+    button.click(start_clicked, [shared.model_state, methods, budget, steps, lr, batch, group, num_eval, eval_every,
+                                 seed, live_state],
+                 [plot, table, numbers, status, live_state], api_name="live_training", concurrency_limit=4)
+    stop_button.click(stop_clicked, [live_state], [status], api_name="stop_live_training")

@@ -1,0 +1,334 @@
+"""View 1, Tokens: which tokens does each method keep, and with which weight?
+
+Sample a GRPO group of G responses to one prompt, then draw one selection per method over the
+group with `minnat.nat.select_tokens`. Each response is shown once per method, token by token:
+
+    kept token t     tinted by its Horvitz–Thompson weight w_t = 1/π_t (log colour scale)
+    dropped token    pale; hovering shows the π_t it had and the weight it would have carried
+
+The table under the picture counts, for each method, the tokens trained on, the HT estimate
+Σ_{kept} 1/π_t of the number of response tokens (unbiased: its expectation is exactly Σ_i |o_i|),
+and what `minnat.logprobs.response_logprobs` really gives the model for this draw: transformer
+positions (RPC: prompt + prefix only) and LM-head positions (URS and RPC: kept tokens only).
+
+The responses live in the tab's gr.State (`SampledGroup`), so *Draw again* and every control
+change re-draw the selection over the same responses without sampling them again.
+"""
+from __future__ import annotations
+
+import html
+import math
+import re
+from dataclasses import dataclass
+
+import gradio as gr
+import torch
+
+from minnat.explorer.helpers import (chosen_methods, method_choices, method_name, note_box, seeded, show_error,
+                                     significant, whole_number)
+from minnat.explorer.library import LoadedModel, Shared
+from minnat.explorer.style import TOKENS_CSS, method_color
+from minnat.logprobs import LogprobStats, response_logprobs
+from minnat.nat import RPC_CUT_DISTRIBUTIONS, check_budget, rpc_inclusion_probabilities, select_tokens
+from minnat.rollout import generate
+from minnat.tasks import Example
+
+MAX_GROUP_SIZE = 16
+NO_REFERENCE = "\0no reference"  # an answer no response can match: rewards of typed prompts show as —
+
+
+@dataclass
+class SampledGroup:
+    """G responses to one prompt, as the Tokens view keeps them between draws (CPU tensors)."""
+
+    model_name: str
+    prompt: str
+    has_reference: bool
+    input_ids: torch.Tensor       # long [G, P + T]
+    attention_mask: torch.Tensor  # long [G, P + T]
+    response_mask: torch.Tensor   # bool [G, T]
+    rewards: list
+    token_texts: list             # per response, the text of each token
+    special: list                 # per response, whether each token is a special token (EOS)
+    truncated: list
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def example_for_prompt(task, text: str) -> tuple[Example, bool]:
+    """The task example a prompt belongs to, and whether its reference answer is known.
+
+    A prompt from the task's lists keeps its example; a typed `a+b` (or `a+b=`) on the arithmetic
+    task gets its exact sum as the answer; anything else has no reference (rewards show as —)."""
+    text = (text or "").strip()
+    if not text:
+        raise ValueError("the prompt is empty: pick one of the task's prompts or type one (e.g. 4721+985=).")
+    for example in task.eval_examples + task.train_examples[:200]:
+        if task.prompt_text(example).strip() == text:
+            return example, True
+    if task.name == "arithmetic":
+        match = re.fullmatch(r"(\d{1,12})\s*\+\s*(\d{1,12})\s*=?", text)
+        if match:
+            left, right = int(match.group(1)), int(match.group(2))
+            return Example(question=f"{left}+{right}", answer=str(left + right)), True
+        return Example(question=text[:-1] if text.endswith("=") else text, answer=NO_REFERENCE), False
+    return Example(question=text, answer=NO_REFERENCE), False
+
+
+def sample_group(loaded: LoadedModel, task, prompt: str, group_size: int, seed: int) -> SampledGroup:
+    """G responses to `prompt` at temperature 1, sampled under the model's lock with a fixed seed."""
+    example, has_reference = example_for_prompt(task, prompt)
+    with loaded.lock, seeded(seed):
+        batch = generate(loaded.model, loaded.tokenizer, task, [example], group_size=group_size,
+                         max_new_tokens=loaded.max_new_tokens, temperature=1.0)
+    special_ids = set(loaded.tokenizer.all_special_ids)
+    prompt_columns = batch.prompt_columns
+    texts, special = [], []
+    for row in range(batch.input_ids.shape[0]):
+        length = int(batch.response_mask[row].sum())
+        ids = batch.input_ids[row, prompt_columns:prompt_columns + length].tolist()
+        texts.append([loaded.tokenizer.decode([token]) for token in ids])
+        special.append([token in special_ids for token in ids])
+    return SampledGroup(loaded.name, task.prompt_text(example), has_reference, batch.input_ids.cpu(),
+                        batch.attention_mask.cpu(), batch.response_mask.cpu(), batch.rewards.tolist(), texts,
+                        special, batch.truncated.tolist())
+
+
+def draw_selections(group: SampledGroup, methods, budget: float, seed: int, cut_distribution: str) -> dict:
+    """One NAT draw per shown method over the group's responses (each method its own seeded stream)."""
+    return {method: select_tokens(group.response_mask, method, budget if method != "full" else 1.0,
+                                  torch.Generator().manual_seed(int(seed)), cut_distribution=cut_distribution)
+            for method in methods}
+
+
+def model_input_stats(loaded: LoadedModel | None, group: SampledGroup, selection) -> LogprobStats | None:
+    """What `response_logprobs` really gives the transformer for this selection (None if the model is gone)."""
+    if loaded is None:
+        return None
+    stats = LogprobStats()
+    with loaded.lock, torch.no_grad():
+        response_logprobs(loaded.model, group.input_ids, group.attention_mask, group.response_mask, selection,
+                          stats=stats)
+    return stats
+
+
+# ----------------------------------------------------------------------------- the picture
+
+def weight_color(weight: float, top: float) -> tuple[str, str]:
+    """Background and text colour for an HT weight on a log scale from 1 (pale blue) to `top` (deep red)."""
+    stops = [(0.0, (219, 234, 254)), (0.35, (253, 230, 138)), (0.7, (251, 146, 60)), (1.0, (190, 18, 60))]
+    position = 0.0 if top <= 1.0 else min(1.0, max(0.0, math.log(weight) / math.log(top)))
+    for (left, low), (right, high) in zip(stops, stops[1:]):
+        if position <= right:
+            share = (position - left) / (right - left)
+            rgb = [round(a + (b - a) * share) for a, b in zip(low, high)]
+            break
+    text = "#ffffff" if position > 0.78 else "#111827"
+    return "#{:02x}{:02x}{:02x}".format(*rgb), text
+
+
+def color_scale_top(budget: float, selections: dict, cut_distribution: str, lengths) -> float:
+    """The largest 1/π_t any shown token can get, so the colours do not change between draws.
+
+    URS: 1/ρ; RPC: 1/π of the longest response's last token; a method without a known bound
+    falls back to the largest weight of this draw."""
+    top = 1.0
+    for method, selection in selections.items():
+        if method == "urs":
+            top = max(top, 1.0 / budget)
+        elif method == "rpc" and len(lengths):
+            pi = rpc_inclusion_probabilities(torch.tensor(lengths), max(lengths), budget, cut_distribution,
+                                             dtype=torch.float64)
+            top = max(top, float((1.0 / pi[pi > 0]).max()))
+        elif method != "full" and bool(selection.keep.any()):
+            top = max(top, float(selection.weights.max()))
+    return min(top, 1e6)
+
+
+def token_span(text: str, special: bool, kept: bool, position: int, pi: float, top: float) -> str:
+    shown = html.escape(text).replace(" ", "&nbsp;").replace("\n", "↵") or "&nbsp;"
+    if special:
+        shown = "⏎"
+    if kept:
+        weight = 1.0 / pi
+        background, color = weight_color(weight, top)
+        tip = f"token {position}: kept · π = {pi:.3g} · weight 1/π = {weight:.3g}"
+        return (f"<span class='tok kept' style='background:{background};color:{color}' "
+                f"title='{html.escape(tip)}' data-weight='{weight:.6g}'>{shown}</span>")
+    tip = f"token {position}: dropped this draw · π = {pi:.3g} (would weigh {1.0 / pi:.3g})"
+    return f"<span class='tok dropped' title='{html.escape(tip)}'>{shown}</span>"
+
+
+def legend_html(top: float, budget: float) -> str:
+    ticks = [1.0] + [value for value in (1.5, 2, 3, 5, 10, 20, 50, 100, 1000) if value < top * 0.98] + [top]
+    ticks = sorted(set(ticks))[-6:] if len(ticks) > 6 else ticks
+    swatches = "".join(
+        f"<span class='tok kept' style='background:{weight_color(t, top)[0]};color:{weight_color(t, top)[1]}'>"
+        f"{t:.3g}</span>" for t in ticks)
+    return (f"<div class='nat-legend'><b>HT weight 1/π<sub>t</sub> of a kept token:</b> {swatches}"
+            f"<span class='nat-legend-gap'></span><span class='tok dropped'>x</span> dropped this draw "
+            f"<span class='nat-legend-gap'></span><span class='tok dropped'>⏎</span> end of response (EOS) "
+            f"<span class='nat-legend-gap'></span><span class='nat-muted'>hover a token for its π<sub>t</sub>; "
+            f"ρ = {budget:g}</span></div>")
+
+
+def response_card(group: SampledGroup, row: int, selections: dict, top: float) -> tuple[str, dict]:
+    """One response drawn once per method: (card html, its numbers for the JSON panel)."""
+    tokens = group.token_texts[row]
+    reward = group.rewards[row]
+    if group.has_reference:
+        badge = (f"<span class='nat-reward good'>reward {reward:g} ✓</span>" if reward > 0
+                 else f"<span class='nat-reward bad'>reward {reward:g} ✗</span>")
+    else:
+        badge = "<span class='nat-reward'>reward — (no reference answer)</span>"
+    cut_note = " · hit the length limit" if group.truncated[row] else ""
+    lines, numbers = [], {}
+    for method, selection in selections.items():
+        keep = selection.keep[row, :len(tokens)].tolist()
+        pi = selection.inclusion_prob[row, :len(tokens)].tolist()
+        spans = "".join(token_span(text, special, kept, position + 1, p, top) for position, (text, special, kept, p)
+                        in enumerate(zip(tokens, group.special[row], keep, pi)))
+        lines.append(f"<div class='nat-line'><span class='nat-method' style='color:{method_color(method)}'>"
+                     f"{method_name(method)}</span><div class='nat-seq'>{spans}</div>"
+                     f"<span class='nat-count'>{sum(keep)}/{len(tokens)}</span></div>")
+        numbers[method] = {"keep": [int(k) for k in keep], "inclusion_prob": [significant(p) for p in pi],
+                           "weight": [significant(w) for w in selection.weights[row, :len(tokens)].tolist()]}
+    card = (f"<div class='nat-card'><div class='nat-head'><b>response {row + 1}</b> · {len(tokens)} tokens"
+            f"{cut_note} {badge}</div>{''.join(lines)}</div>")
+    return card, {"response": row + 1, "reward": reward, "tokens": tokens, "methods": numbers}
+
+
+def selection_table(group: SampledGroup, selections: dict, budget: float, loaded: LoadedModel | None) -> str:
+    """Markdown: per method, tokens trained on, the HT token count, and what the model is given."""
+    total = sum(len(tokens) for tokens in group.token_texts)
+    rows = ["| method | tokens trained on | kept fraction | largest weight | Σ weights of kept | transformer positions "
+            "| LM-head positions |", "|---|---|---|---|---|---|---|"]
+    for method, selection in selections.items():
+        kept = int(selection.keep.sum())
+        stats = model_input_stats(loaded, group, selection)
+        positions = f"{stats.real_tokens_to_model:,}" if stats else "—"
+        head = f"{stats.positions_scored:,}" if stats else "—"
+        target = "" if method == "full" else f" (ρ = {budget:g})"
+        rows.append(f"| **{method_name(method)}** | {kept} of {total} | {kept / max(total, 1):.0%}{target} | "
+                    f"{float(selection.weights.max()) if kept else 0:.3g} | {float(selection.weights.sum()):.1f} "
+                    f"(≈ {total}) | {positions} | {head} |")
+    return "\n".join(rows) + (
+        "\n\n*Σ weights of kept* is the HT estimate of the token count: it averages to the true count over draws. "
+        "*Transformer positions*: prompt + response tokens the rows need the transformer to run over (RPC: "
+        "each response only up to its cut; micro-batches may add a little padding on top); "
+        "*LM-head positions*: where the vocabulary projection and log-softmax run (URS and RPC: kept tokens only).")
+
+
+def render_tokens(group: SampledGroup, methods, budget: float, seed: int, cut_distribution: str,
+                  loaded: LoadedModel | None):
+    """(html, summary markdown, numbers for the JSON panel) for one draw of each shown method."""
+    selections = draw_selections(group, methods, budget, seed, cut_distribution)
+    lengths = [len(tokens) for tokens in group.token_texts]
+    top = color_scale_top(budget, selections, cut_distribution, lengths)
+    cards, details = zip(*(response_card(group, row, selections, top) for row in range(len(lengths))))
+    prompt_line = (f"<div class='nat-prompt'>prompt <code>{html.escape(group.prompt)}</code> · "
+                   f"{len(lengths)} sampled responses · draw seed {int(seed)}</div>")
+    page = f"<div class='nat-tokens'>{prompt_line}{legend_html(top, budget)}{''.join(cards)}</div>"
+    numbers = {"budget": budget, "seed": int(seed), "cut_distribution": cut_distribution, "prompt": group.prompt,
+               "responses": list(details)}
+    return page, selection_table(group, selections, budget, loaded), numbers
+
+
+# ----------------------------------------------------------------------------- the tab
+
+def sample_responses(shared: Shared, model, text, size, seed_sample, shown, rho, seed_draw, distribution,
+                     progress=None):
+    """Sample button: (page, table, numbers, status, group) or gr.update()s and an error box."""
+    try:
+        size = whole_number(size, "the number of responses G", 2, MAX_GROUP_SIZE)
+        seed_sample = whole_number(seed_sample, "the sampling seed", 0, 2**31 - 1)
+        rho = check_budget(rho)
+        shown = chosen_methods(shown)
+        if progress is not None:
+            progress(0.1, desc="sampling responses")
+        loaded = shared.session_model(model)
+        group = sample_group(loaded, shared.task, text, size, seed_sample)
+        if progress is not None:
+            progress(0.8, desc="drawing selections")
+        page, table, numbers = render_tokens(group, shown, rho, seed_draw or 0, distribution, loaded)
+    except ValueError as error:
+        return gr.update(), gr.update(), gr.update(), show_error(error), gr.update()
+    note = "" if group.has_reference else note_box(
+        "This typed prompt has no reference answer, so rewards are not shown.")
+    return page, table, numbers, note, group
+
+
+def redraw_selection(shared: Shared, model, group, shown, rho, seed_draw, distribution):
+    """A new selection over the tab's responses: (page, table, numbers, status)."""
+    if group is None:
+        return gr.update(), gr.update(), gr.update(), note_box("Sample responses first (the button above).")
+    try:
+        rho = check_budget(rho)
+        seed_draw = whole_number(seed_draw, "the selection seed", 0, 2**31 - 1)
+        shown = chosen_methods(shown)
+        try:
+            loaded = shared.session_model(model)
+        except ValueError:
+            loaded = None
+        if loaded is not None and loaded.name != group.model_name:
+            loaded = None  # the responses came from another model: skip the model-cost columns
+        page, table, numbers = render_tokens(group, shown, rho, seed_draw, distribution, loaded)
+    except ValueError as error:
+        return gr.update(), gr.update(), gr.update(), show_error(error)
+    return page, table, numbers, ""
+
+
+def build_tokens_tab(shared: Shared, demo: gr.Blocks) -> None:
+    """The Tokens tab's controls and events (call inside `with gr.Tab(...)`); the page samples on load."""
+    prompt_choices = [shared.task.prompt_text(example) for example in shared.task.eval_examples[:16]]
+    gr.Markdown("Sample a group of responses and see, token by token, what one NAT draw trains on. "
+                "Coloured tokens are kept, tinted by their weight 1/π<sub>t</sub>; pale ones are dropped.")
+    group_state = gr.State(None)
+    with gr.Row():
+        prompt = gr.Dropdown(prompt_choices, value=prompt_choices[0] if prompt_choices else None,
+                             allow_custom_value=True, label="prompt", scale=3,
+                             info="a held-out task prompt, or type your own (e.g. 4721+985=)")
+        group_size = gr.Slider(2, MAX_GROUP_SIZE, value=8, step=1, label="responses G",
+                               info="how many responses to sample for the prompt (a GRPO group)")
+        sample_seed = gr.Number(0, precision=0, label="sampling seed", info="fixes the sampled responses")
+    with gr.Row():
+        methods = gr.CheckboxGroup(method_choices(), value=[value for _, value in method_choices()],
+                                   label="methods", info="rows shown under each response")
+        budget = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="budget ρ",
+                           info="expected fraction of each response's tokens that is kept")
+        cut = gr.Radio(list(RPC_CUT_DISTRIBUTIONS), value="uniform-floor", label="RPC cut distribution",
+                       info="uniform-floor caps weights at 1/(0.2ρ); power has no cap")
+        draw_seed = gr.Number(0, precision=0, label="selection seed", info="fixes which tokens are kept")
+    with gr.Row():
+        sample_button = gr.Button("Sample responses", variant="primary")
+        draw_button = gr.Button("Draw again")
+    tokens_status = gr.Markdown()
+    tokens_html = gr.HTML(css_template=TOKENS_CSS, elem_id="nat-tokens")
+    tokens_table = gr.Markdown(elem_id="nat-tokens-table")
+    with gr.Accordion("the numbers behind the picture (keep, π, weight per token)", open=False):
+        tokens_json = gr.JSON()
+
+    def sample_clicked(model, text, size, seed_sample, shown, rho, seed_draw, distribution, progress=gr.Progress()):
+        return sample_responses(shared, model, text, size, seed_sample, shown, rho, seed_draw, distribution,
+                                progress)
+
+    def redraw(model, group, shown, rho, seed_draw, distribution):
+        return redraw_selection(shared, model, group, shown, rho, seed_draw, distribution)
+
+    def draw_again(model, group, shown, rho, seed_draw, distribution):
+        seed_next = int(seed_draw or 0) + 1
+        return (seed_next, *redraw_selection(shared, model, group, shown, rho, seed_next, distribution))
+
+    token_inputs = [shared.model_state, group_state, methods, budget, draw_seed, cut]
+    token_outputs = [tokens_html, tokens_table, tokens_json, tokens_status]
+    # One queue for every Tokens event, in order: a click right after the page opens cannot be
+    # overwritten by the sample the page load started (generation is serialised by the lock anyway).
+    in_order = dict(concurrency_id="tokens", concurrency_limit=1)
+    sample_inputs = [shared.model_state, prompt, group_size, sample_seed, methods, budget, draw_seed, cut]
+    sample_button.click(sample_clicked, sample_inputs, token_outputs + [group_state], api_name="sample", **in_order)
+    draw_button.click(draw_again, token_inputs, [draw_seed] + token_outputs, api_name="draw_again", **in_order)
+    for control in (methods, cut):
+        control.change(redraw, token_inputs, token_outputs, api_name=False, **in_order)
+    budget.release(redraw, token_inputs, token_outputs, api_name="redraw", **in_order)
+    draw_seed.submit(redraw, token_inputs, token_outputs, api_name=False, **in_order)
+    demo.load(sample_clicked, sample_inputs, token_outputs + [group_state], api_name=False, **in_order)
