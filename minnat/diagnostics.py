@@ -18,6 +18,22 @@ V/‖g_full‖² of the method (full: 0; URS and RPC: larger the smaller ρ). In
 is used per step — the per-draw variance is what the optimiser sees on top of the sampling
 noise of the rollouts themselves.
 
+**Bias.** The contrasts (`minnat.nat.BIASED_METHODS`: rpc-unweighted, top-entropy) break
+unbiasedness on purpose. With b = E_k[g_k] − g_full,
+
+    E‖ḡ_K − g_full‖² = ‖b‖² + (V − ‖b‖²)/K,
+
+so their error flattens at the relative bias ‖b‖/‖g_full‖ instead of falling like 1/√K.
+`exact_bias` computes it exactly by enumerating every outcome of the selection on a tiny
+batch (every cut combination, every URS mask, every stratified offset interval).
+On a real batch `gradient_agreement` (and `selection_bias`) estimates it from the N draws,
+with d_k = g_k − g_full, by the unbiased U-statistic
+
+    ‖b‖² ≈ (‖Σ_k d_k‖² − Σ_k ‖d_k‖²) / (N(N − 1))        (the diagonal removed: E[d_k·d_l] = ‖b‖², k ≠ l)
+
+and a jackknife standard error over groups of draws. NAT's estimate sits within a few
+standard errors of 0; the contrasts' sits many standard errors above it.
+
 `ht_weight_curves` is the picture behind the weights: π_t and 1/π_t against token position t
 for one response length L, and the empirical mean of keep_t/π_t over N draws, which sits at 1
 at every position (within its standard error √((1 − π_t)/(π_t·N))).
@@ -27,15 +43,20 @@ advantages [B]. Gradients are flattened over every trainable parameter into one 
 """
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field
 
 import torch
 
+from minnat.entropy import response_entropies
 from minnat.grpo import policy_loss
 from minnat.logprobs import response_logprobs
-from minnat.nat import (METHODS, RPC_CUT_DISTRIBUTIONS, Selection, check_budget, rpc_inclusion_probabilities,
-                        select_tokens)
+from minnat.nat import (ALL_METHODS, BIASED_METHODS, METHODS, RPC_CUT_DISTRIBUTIONS, Selection, check_budget,
+                        check_method_options, check_response_mask, rpc_cut_probabilities,
+                        rpc_inclusion_probabilities, select_for_method, select_tokens, selection_from_keep,
+                        stratified_cut_law)
 
 MAX_DRAWS = 100_000  # a guard against typos (N = 10**9) rather than a real limit
 
@@ -49,13 +70,15 @@ def trainable_parameters(model) -> list[torch.nn.Parameter]:
 
 def policy_gradient(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
                     advantages: torch.Tensor, selection: Selection | None = None, *,
-                    loss_agg: str = "seq-mean-token-mean", temperature: float = 1.0) -> torch.Tensor:
+                    loss_agg: str = "seq-mean-token-mean", temperature: float = 1.0,
+                    max_new_tokens: int | None = None) -> torch.Tensor:
     """∇_θ of the on-policy GRPO loss, flattened -> float64 [D] (D = trainable parameter count).
 
     selection None (or method "full") gives g_full; a NAT selection gives g_k with weights
     keep/π_t. On-policy means log π_old = log π_θ (detached), as in a μ = 1 trainer step, so
     the ratio is 1, clipping is inactive and the gradient is −(1/N) Σ_i (Â_i/|o_i|) Σ_t w_{i,t}
-    ∇ log π_θ(o_{i,t}) for the default aggregation.
+    ∇ log π_θ(o_{i,t}) for the default aggregation. max_new_tokens: the generation limit, needed
+    by Dr. GRPO's constant normaliser (default: the batch's response columns).
 
     Uses torch.autograd.grad, so the model's .grad fields are never touched: a model shared
     with other readers (the app) is left exactly as it was.
@@ -63,9 +86,11 @@ def policy_gradient(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     parameters = trainable_parameters(model)
     logprobs = response_logprobs(model, input_ids, attention_mask, response_mask, selection,
                                  temperature=temperature)
-    loss = policy_loss(logprobs, logprobs.detach(), advantages.to(logprobs.dtype), response_mask,
+    # NAT normalises over the full response mask; rpc-unweighted (biased) over its kept tokens.
+    loss_mask = response_mask if selection is None else selection.loss_mask(response_mask)
+    loss = policy_loss(logprobs, logprobs.detach(), advantages.to(logprobs.dtype), loss_mask,
                        weights=None if selection is None else selection.weights.to(logprobs.dtype),
-                       loss_agg=loss_agg)
+                       loss_agg=loss_agg, max_new_tokens=max_new_tokens or response_mask.shape[1])
     if not loss.requires_grad:  # the draw kept no token at all: the loss is the constant 0
         return torch.zeros(sum(p.numel() for p in parameters), dtype=torch.float64)
     gradients = torch.autograd.grad(loss, parameters, allow_unused=True)
@@ -75,14 +100,18 @@ def policy_gradient(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 
 @dataclass
 class GradientAgreement:
-    """How the average of K NAT gradients approaches the full-token gradient, K = 1..N.
+    """How the average of K selection gradients approaches the full-token gradient, K = 1..N.
 
     cosine[K−1]           cos(ḡ_K, g_full)             (1 means the same direction)
-    relative_error[K−1]   ‖ḡ_K − g_full‖ / ‖g_full‖    (≈ √(per_draw_variance / K))
+    relative_error[K−1]   ‖ḡ_K − g_full‖ / ‖g_full‖    (≈ √(bias² + (V − bias²)/K))
     draw_relative_errors  ‖g_k − g_full‖ / ‖g_full‖ of each single draw k
     per_draw_variance     V/‖g_full‖² = (1/N) Σ_k ‖g_k − g_full‖² / ‖g_full‖²: the relative
-                          variance one NAT draw adds (0 for full)
+                          mean squared error of one draw (0 for full; bias² + variance)
     kept_fraction         mean over draws of kept tokens / response tokens (≈ ρ)
+    bias_squared          unbiased estimate of ‖E[g_k] − g_full‖²/‖g_full‖² (may be < 0 by noise)
+    bias_squared_standard_error  its jackknife standard error over groups of draws
+    bias                  √max(bias_squared, 0): the relative bias (NAT: 0 up to noise)
+    bias_standard_error   jackknife standard error of `bias`
     """
 
     method: str
@@ -96,22 +125,49 @@ class GradientAgreement:
     kept_fraction: float
     full_gradient_norm: float
     draw_kept_fractions: list[float] = field(default_factory=list)
+    cut_sampling: str | None = None
+    bias_squared: float = 0.0
+    bias_squared_standard_error: float = 0.0
+    bias: float = 0.0
+    bias_standard_error: float = 0.0
 
     @property
     def draws(self) -> list[int]:
         """K = 1..N, the x-axis of `cosine` and `relative_error`."""
         return list(range(1, self.num_draws + 1))
 
+    @property
+    def biased(self) -> bool:
+        """True for the contrasts (the method is biased by construction, whatever the estimate says)."""
+        return self.method in BIASED_METHODS
+
+    @property
+    def bias_z(self) -> float:
+        """bias_squared / its standard error: how many standard errors the bias is away from 0."""
+        if self.bias_squared_standard_error > 0:
+            return self.bias_squared / self.bias_squared_standard_error
+        return math.inf if self.bias_squared > 0 else 0.0
+
     def predicted_relative_error(self, draws: int) -> float:
-        """√(V/K)/‖g_full‖: what independent unbiased draws predict for the average of K of them."""
-        return math.sqrt(self.per_draw_variance / draws)
+        """√(bias² + (V − bias²)/K): the expected error of the average of K draws (√(V/K) when unbiased)."""
+        bias_squared = min(max(self.bias_squared, 0.0), self.per_draw_variance)
+        return math.sqrt(bias_squared + (self.per_draw_variance - bias_squared) / draws)
 
     @property
     def label(self) -> str:
-        if self.method == "full":
-            return "full"
-        suffix = f", {self.cut_distribution}" if self.method == "rpc" and self.cut_distribution != "uniform-floor" else ""
-        return f"{self.method.upper()} ρ={self.budget:g}{suffix}"
+        return method_label(self.method, self.budget, self.cut_distribution, self.cut_sampling)
+
+
+def method_label(method: str, budget: float, cut_distribution: str | None = None,
+                 cut_sampling: str | None = None) -> str:
+    """"RPC ρ=0.5", "rpc-unweighted ρ=0.5 (biased)", ... for plots and tables."""
+    if method == "full":
+        return "full"
+    name = method.upper() if method in METHODS else method
+    extras = [part for part in (cut_distribution if cut_distribution not in (None, "uniform-floor") else None,
+                                "stratified" if cut_sampling == "stratified" else None) if part]
+    suffix = f", {', '.join(extras)}" if extras else ""
+    return f"{name} ρ={budget:g}{suffix}" + (" (biased)" if method in BIASED_METHODS else "")
 
 
 def check_draws(num_draws, name: str = "num_draws") -> int:
@@ -123,57 +179,104 @@ def check_draws(num_draws, name: str = "num_draws") -> int:
     return num_draws
 
 
+class BiasAccumulator:
+    """Streams d_k = (g_k − g_full)/‖g_full‖ into group sums: the U-statistic ‖b‖² and its jackknife error.
+
+    Draw k goes to group k mod M. Memory O(M·D).
+    """
+
+    def __init__(self, dimension: int, groups: int):
+        self.sums = torch.zeros(groups, dimension, dtype=torch.float64)
+        self.squares = torch.zeros(groups, dtype=torch.float64)
+        self.counts = torch.zeros(groups, dtype=torch.float64)
+        self.seen = 0
+
+    def add(self, difference: torch.Tensor) -> None:
+        group = self.seen % self.sums.shape[0]
+        self.sums[group] += difference
+        self.squares[group] += difference @ difference
+        self.counts[group] += 1
+        self.seen += 1
+
+    @staticmethod
+    def _estimate(total_sum_squared, squares, count):
+        return (total_sum_squared - squares) / (count * (count - 1)) if count > 1 else float("nan")
+
+    def result(self) -> tuple[float, float, float, float]:
+        """(bias², its standard error, bias, its standard error), all relative to ‖g_full‖."""
+        total = self.sums.sum(dim=0)
+        total_squared, squares, count = float(total @ total), float(self.squares.sum()), float(self.counts.sum())
+        estimate = self._estimate(total_squared, squares, count)
+        used = [group for group in range(self.sums.shape[0]) if self.counts[group] > 0]
+        if not math.isfinite(estimate):  # a single draw: no estimate
+            return 0.0, math.inf, 0.0, math.inf
+        if count < 3 or len(used) < 2:
+            return estimate, math.inf, math.sqrt(max(estimate, 0.0)), math.inf
+        leave_out, leave_out_root = [], []
+        for group in used:
+            rest = total - self.sums[group]
+            value = self._estimate(float(rest @ rest), squares - float(self.squares[group]),
+                                   count - float(self.counts[group]))
+            leave_out.append(value)
+            leave_out_root.append(math.sqrt(max(value, 0.0)))
+
+        def jackknife(values):
+            mean = sum(values) / len(values)
+            return math.sqrt((len(values) - 1) / len(values) * sum((v - mean) ** 2 for v in values))
+
+        return estimate, jackknife(leave_out), math.sqrt(max(estimate, 0.0)), jackknife(leave_out_root)
+
+
 def gradient_agreement(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
                        advantages: torch.Tensor, method: str = "rpc", budget: float = 0.5, num_draws: int = 32,
-                       seed: int = 0, *, cut_distribution: str = "uniform-floor",
+                       seed: int = 0, *, cut_distribution: str = "uniform-floor", cut_sampling: str = "independent",
                        loss_agg: str = "seq-mean-token-mean", temperature: float = 1.0,
-                       full_gradient: torch.Tensor | None = None, on_draw=None,
-                       should_stop=None) -> GradientAgreement:
-    """Compare N NAT gradients (and their running average) with the full-token GRPO gradient.
+                       max_new_tokens: int | None = None, full_gradient: torch.Tensor | None = None,
+                       on_draw=None, should_stop=None, bias_groups: int = 10) -> GradientAgreement:
+    """Compare N selection gradients (and their running average) with the full-token GRPO gradient.
 
     input_ids, attention_mask  [B, P + T]  a rollout batch (`RolloutBatch` fields)
     response_mask              bool [B, T]
     advantages                 [B] Â_i (`minnat.grpo.group_advantages(batch.rewards, G)`)
-    method, budget             "full", "urs" or "rpc" at ρ ∈ (0, 1]; cut_distribution for RPC
+    method, budget             any of `minnat.nat.ALL_METHODS` at ρ ∈ (0, 1]: the NAT methods "full",
+                               "urs", "rpc", or the biased contrasts "rpc-unweighted", "top-entropy"
+    cut_distribution, cut_sampling  RPC's cut family and "independent" / "stratified" cuts
     num_draws                  N independent selections, drawn from torch.Generator(seed)
     full_gradient              g_full if already computed (`policy_gradient` with no selection),
                                to share it between several methods and budgets
     on_draw(k, g_k)            called after each draw (progress bars)
     should_stop()              checked before each draw; when it returns True the result covers
                                the draws done so far (at least one)
+    bias_groups                M groups of draws for the jackknife error of the bias
 
-    Memory is O(D): only g_full, the running sum and the current g_k are kept.
+    Memory is O(M·D). top-entropy is deterministic given θ: its entropies are computed once
+    and every draw is the same, so its error is its bias at every K.
     Raises ValueError when g_full = 0 (e.g. every group's rewards are equal, so Â_i = 0): the
     relative error is then undefined.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown NAT method {method!r}; choose one of {METHODS}.")
-    if cut_distribution not in RPC_CUT_DISTRIBUTIONS:
-        raise ValueError(f"unknown RPC cut distribution {cut_distribution!r}; choose one of {RPC_CUT_DISTRIBUTIONS}.")
+    check_method_options(method, cut_distribution, cut_sampling, methods=ALL_METHODS)
     budget = check_budget(budget)
     num_draws = check_draws(num_draws)
     advantages = torch.as_tensor(advantages).to(input_ids.device)
-    options = dict(loss_agg=loss_agg, temperature=temperature)
-    if full_gradient is None:
-        full_gradient = policy_gradient(model, input_ids, attention_mask, response_mask, advantages, **options)
-    full_gradient = full_gradient.to(torch.float64).cpu()
-    full_norm = float(full_gradient.norm())
-    if not full_norm > 0.0:
-        raise ValueError("the full-token GRPO gradient of this batch is zero, so there is nothing to agree with "
-                         "(usually every group's rewards are equal, which makes every advantage Â_i = 0). "
-                         "Sample a batch whose groups mix right and wrong answers: more prompts, a larger "
-                         "group, or another seed.")
+    options = dict(loss_agg=loss_agg, temperature=temperature, max_new_tokens=max_new_tokens)
+    full_gradient, full_norm = checked_full_gradient(model, input_ids, attention_mask, response_mask, advantages,
+                                                     full_gradient, **options)
+    entropies = (response_entropies(model, input_ids, attention_mask, response_mask, temperature=temperature).cpu()
+                 if method == "top-entropy" else None)
 
     generator = torch.Generator().manual_seed(int(seed))
     running_sum = torch.zeros_like(full_gradient)
+    bias = BiasAccumulator(full_gradient.numel(), max(2, int(bias_groups)))
     cosine, relative_error, draw_errors, kept = [], [], [], []
     for draw in range(1, num_draws + 1):
         if should_stop is not None and draw > 1 and should_stop():
             break
-        selection = select_tokens(response_mask.cpu(), method, budget, generator,
-                                  cut_distribution=cut_distribution).to(input_ids.device)
+        selection = select_for_method(response_mask.cpu(), method, budget, generator, entropies=entropies,
+                                      cut_distribution=cut_distribution,
+                                      cut_sampling=cut_sampling).to(input_ids.device)
         gradient = policy_gradient(model, input_ids, attention_mask, response_mask, advantages, selection, **options)
         running_sum += gradient
+        bias.add((gradient - full_gradient) / full_norm)
         average = running_sum / draw
         relative_error.append(float((average - full_gradient).norm()) / full_norm)
         average_norm = float(average.norm())
@@ -184,11 +287,170 @@ def gradient_agreement(model, input_ids: torch.Tensor, attention_mask: torch.Ten
             on_draw(draw, gradient)
 
     done = len(relative_error)
+    bias_squared, bias_squared_error, relative_bias, relative_bias_error = bias.result()
+    if method == "top-entropy" or method == "full":  # deterministic: every draw is the same, the bias is exact
+        bias_squared, bias_squared_error = relative_error[0] ** 2, 0.0
+        relative_bias, relative_bias_error = relative_error[0], 0.0
+    rpc_like = method in ("rpc", "rpc-unweighted")
     return GradientAgreement(
-        method=method, budget=budget, cut_distribution=cut_distribution if method == "rpc" else None,
+        method=method, budget=budget, cut_distribution=cut_distribution if rpc_like else None,
         num_draws=done, cosine=cosine, relative_error=relative_error, draw_relative_errors=draw_errors,
         per_draw_variance=sum(error * error for error in draw_errors) / done,
-        kept_fraction=sum(kept) / done, full_gradient_norm=full_norm, draw_kept_fractions=kept)
+        kept_fraction=sum(kept) / done, full_gradient_norm=full_norm, draw_kept_fractions=kept,
+        cut_sampling=cut_sampling if rpc_like else None, bias_squared=bias_squared,
+        bias_squared_standard_error=bias_squared_error, bias=relative_bias, bias_standard_error=relative_bias_error)
+
+
+def checked_full_gradient(model, input_ids, attention_mask, response_mask, advantages, full_gradient=None,
+                          **options) -> tuple[torch.Tensor, float]:
+    """g_full (float64 [D] on CPU) and ‖g_full‖, with a clear error when it is zero."""
+    if full_gradient is None:
+        full_gradient = policy_gradient(model, input_ids, attention_mask, response_mask, advantages, **options)
+    full_gradient = full_gradient.to(torch.float64).cpu()
+    full_norm = float(full_gradient.norm())
+    if not full_norm > 0.0:
+        raise ValueError("the full-token GRPO gradient of this batch is zero, so there is nothing to agree with "
+                         "(usually every group's rewards are equal, which makes every advantage Â_i = 0). "
+                         "Sample a batch whose groups mix right and wrong answers: more prompts, a larger "
+                         "group, or another seed.")
+    return full_gradient, full_norm
+
+
+# ----------------------------------------------------------------------------- bias
+
+@dataclass
+class SelectionBias:
+    """‖E[g] − g_full‖ / ‖g_full‖ of one selection method on one batch.
+
+    exact            True: E[g] by enumerating every outcome with its probability (standard errors 0);
+                     False: Monte Carlo over num_outcomes draws (`gradient_agreement`'s estimate)
+    relative_bias    ‖E[g] − g_full‖/‖g_full‖ (Monte Carlo: √max(bias², 0))
+    standard_error   of relative_bias (jackknife; 0 when exact)
+    bias_squared, bias_squared_standard_error   the squared bias and its error (the test statistic)
+    num_outcomes     outcomes enumerated (exact) or draws made (Monte Carlo)
+    """
+
+    method: str
+    budget: float
+    cut_distribution: str | None
+    cut_sampling: str | None
+    exact: bool
+    relative_bias: float
+    standard_error: float
+    bias_squared: float
+    bias_squared_standard_error: float
+    num_outcomes: int
+
+    @property
+    def z(self) -> float:
+        """Standard errors between the squared bias and 0 (inf when exact and non-zero)."""
+        if self.bias_squared_standard_error > 0:
+            return self.bias_squared / self.bias_squared_standard_error
+        return math.inf if self.bias_squared > 1e-10 else 0.0
+
+    @property
+    def label(self) -> str:
+        return method_label(self.method, self.budget, self.cut_distribution, self.cut_sampling)
+
+
+def selection_bias(model, input_ids, attention_mask, response_mask, advantages, method: str = "rpc",
+                   budget: float = 0.5, num_draws: int = 64, seed: int = 0, **options) -> SelectionBias:
+    """Monte Carlo bias of a method on a real batch: N draws, with a jackknife standard error.
+    Options as `gradient_agreement` (cut_distribution, cut_sampling, loss_agg, temperature, full_gradient)."""
+    result = gradient_agreement(model, input_ids, attention_mask, response_mask, advantages, method, budget,
+                                num_draws, seed, **options)
+    return SelectionBias(method=result.method, budget=result.budget, cut_distribution=result.cut_distribution,
+                         cut_sampling=result.cut_sampling, exact=False, relative_bias=result.bias,
+                         standard_error=result.bias_standard_error, bias_squared=result.bias_squared,
+                         bias_squared_standard_error=result.bias_squared_standard_error,
+                         num_outcomes=result.num_draws)
+
+
+def selection_outcomes(response_mask: torch.Tensor, method: str, budget: float, *, entropies=None,
+                       cut_distribution: str = "uniform-floor", cut_sampling: str = "independent",
+                       max_outcomes: int = 4096):
+    """Every outcome of one selection with its probability: yields (Selection, probability).
+
+    full and top-entropy have one outcome; URS 2^(Σ|o_i|) masks; RPC and rpc-unweighted every
+    combination of cuts (independent: the product of each row's law; stratified: the exact
+    joint law, `minnat.nat.stratified_cut_law`).
+    """
+    lengths = check_response_mask(response_mask)
+    mask = response_mask.bool()
+    columns = mask.shape[1]
+    if method in ("full", "top-entropy"):
+        yield select_for_method(mask, method, budget, entropies=entropies), 1.0
+        return
+    if method == "urs":
+        positions = mask.nonzero().tolist()
+        if 2 ** len(positions) > max_outcomes:
+            raise ValueError(f"URS on {len(positions)} response tokens has 2^{len(positions)} outcomes, more than "
+                             f"max_outcomes={max_outcomes}; use a smaller batch or the Monte Carlo selection_bias.")
+        pi = mask.float() * budget
+        for bits in itertools.product([False, True], repeat=len(positions)):
+            keep = torch.zeros_like(mask)
+            for (row, column), bit in zip(positions, bits):
+                keep[row, column] = bit
+            kept = sum(bits)
+            yield selection_from_keep(keep, pi, "urs", budget), budget ** kept * (1 - budget) ** (len(bits) - kept)
+        return
+    if cut_sampling == "stratified":
+        law = stratified_cut_law(lengths, budget, cut_distribution)
+    else:
+        count = math.prod(max(int(length), 1) for length in lengths)
+        if count > max_outcomes:
+            raise ValueError(f"{count} cut combinations exceed max_outcomes={max_outcomes}; use shorter responses "
+                             "or the Monte Carlo selection_bias.")
+        choices = [list(zip(range(1, int(length) + 1), rpc_cut_probabilities(int(length), budget,
+                                                                             cut_distribution).tolist()))
+                   if length else [(0, 1.0)] for length in lengths]
+        law = [(torch.tensor([cut for cut, _ in combo]), math.prod(p for _, p in combo))
+               for combo in itertools.product(*choices)]
+    pi = rpc_inclusion_probabilities(lengths, columns, budget, cut_distribution)
+    for cuts, probability in law:
+        keep = torch.arange(columns).unsqueeze(0) < cuts.unsqueeze(1)
+        selection = selection_from_keep(keep, pi, "rpc", budget, cut_distribution)
+        if method == "rpc-unweighted":  # the same cuts, weight 1, normalised over the kept tokens
+            selection = dataclasses.replace(selection, method=method, weights=keep.float(), normaliser_mask=keep)
+        yield selection, probability
+
+
+def exact_bias(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
+               advantages: torch.Tensor, method: str = "rpc", budget: float = 0.5, *,
+               cut_distribution: str = "uniform-floor", cut_sampling: str = "independent",
+               loss_agg: str = "seq-mean-token-mean", temperature: float = 1.0, max_new_tokens: int | None = None,
+               full_gradient: torch.Tensor | None = None, max_outcomes: int = 4096) -> SelectionBias:
+    """‖E[g] − g_full‖/‖g_full‖ exactly: E[g] = Σ_outcomes P(outcome)·g(outcome), on a tiny batch.
+
+    NAT methods give 0 up to float rounding (the model's float32 RMSNorm: ~1e-7); the contrasts
+    give their true bias. Every outcome costs one forward + backward, so keep the batch tiny
+    (a few responses of a few tokens); `max_outcomes` guards against combinatorial blow-up.
+    """
+    check_method_options(method, cut_distribution, cut_sampling, methods=ALL_METHODS)
+    budget = check_budget(budget)
+    advantages = torch.as_tensor(advantages).to(input_ids.device)
+    options = dict(loss_agg=loss_agg, temperature=temperature, max_new_tokens=max_new_tokens)
+    full_gradient, full_norm = checked_full_gradient(model, input_ids, attention_mask, response_mask, advantages,
+                                                     full_gradient, **options)
+    entropies = (response_entropies(model, input_ids, attention_mask, response_mask, temperature=temperature).cpu()
+                 if method == "top-entropy" else None)
+    expected, total_probability, outcomes = torch.zeros_like(full_gradient), 0.0, 0
+    for selection, probability in selection_outcomes(response_mask.cpu(), method, budget, entropies=entropies,
+                                                     cut_distribution=cut_distribution, cut_sampling=cut_sampling,
+                                                     max_outcomes=max_outcomes):
+        gradient = policy_gradient(model, input_ids, attention_mask, response_mask, advantages,
+                                   selection.to(input_ids.device), **options)
+        expected += probability * gradient
+        total_probability += probability
+        outcomes += 1
+    if abs(total_probability - 1.0) > 1e-9:
+        raise RuntimeError(f"the enumerated outcomes' probabilities sum to {total_probability}, not 1.")
+    relative = float((expected - full_gradient).norm()) / full_norm
+    rpc_like = method in ("rpc", "rpc-unweighted")
+    return SelectionBias(method=method, budget=budget, cut_distribution=cut_distribution if rpc_like else None,
+                         cut_sampling=cut_sampling if rpc_like else None, exact=True, relative_bias=relative,
+                         standard_error=0.0, bias_squared=relative ** 2, bias_squared_standard_error=0.0,
+                         num_outcomes=outcomes)
 
 
 def log_log_slope(draws, errors) -> float:

@@ -19,7 +19,7 @@ def loss_and_grad(model, batch, old_logprobs, ref_logprobs, advantages, selectio
     loss = policy_loss(logprobs, old_logprobs, advantages, response_mask,
                        weights=None if selection is None else selection.weights.double(),
                        ref_logprobs=ref_logprobs, clip_eps=0.1, clip_eps_high=0.15, kl_coef=0.3,
-                       loss_agg=loss_agg)
+                       loss_agg=loss_agg, max_new_tokens=response_mask.shape[1])
     if loss.requires_grad:  # a draw that keeps no token has a constant (zero) loss
         loss.backward()
     gradient = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
