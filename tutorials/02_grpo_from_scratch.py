@@ -92,7 +92,8 @@ G = 8
 # in about 40 % of its samples, so most groups mix right and wrong answers.
 questions = [e for e in task.train_examples if e.solution.count("c1") == 1 and len(e.question) <= 7][:4]
 torch.manual_seed(1)
-batch = generate(model, tokenizer, task, questions, group_size=G, max_new_tokens=96, temperature=1.0)
+L_max = 96  # max_new_tokens: the generation limit, a constant of the run
+batch = generate(model, tokenizer, task, questions, group_size=G, max_new_tokens=L_max, temperature=1.0)
 B, T = batch.response_mask.shape
 P = batch.prompt_columns
 lengths = batch.response_mask.sum(dim=1)
@@ -269,13 +270,13 @@ plt.show()
 #
 # The last choice is how the $\ell_{i,t}$ become one scalar. Three conventions are in use, and
 # `policy_loss(..., loss_agg=...)` implements all of them ($N$ = responses with $|o_i| > 0$,
-# $T$ = response columns of the batch):
+# $L_\max$ = `max_new_tokens`, the run's generation limit):
 #
 # | `loss_agg` | used by | loss |
 # |---|---|---|
 # | `seq-mean-token-mean` | GRPO | $\displaystyle \frac{1}{N}\sum_i \frac{1}{|o_i|}\sum_{t=1}^{|o_i|} \ell_{i,t}$ |
 # | `token-mean` | DAPO | $\displaystyle \frac{1}{\sum_i |o_i|}\sum_i \sum_{t=1}^{|o_i|} \ell_{i,t}$ |
-# | `seq-mean-token-sum-norm` | Dr. GRPO | $\displaystyle \frac{1}{B \cdot T}\sum_i \sum_{t=1}^{|o_i|} \ell_{i,t}$ |
+# | `seq-mean-token-sum-norm` | Dr. GRPO | $\displaystyle \frac{1}{B \cdot L_\max}\sum_i \sum_{t=1}^{|o_i|} \ell_{i,t}$ |
 #
 # They differ in how much one token of a long response counts against one token of a short
 # one. Every denominator is a **count over the full response mask** — the property NAT relies
@@ -287,12 +288,13 @@ has_tokens = lengths > 0
 by_hand_losses = {
     "seq-mean-token-mean": (ell.sum(dim=1) / lengths.clamp(min=1))[has_tokens].sum() / has_tokens.sum(),
     "token-mean": ell.sum() / lengths.sum(),
-    "seq-mean-token-sum-norm": ell.sum() / (B * T),
+    "seq-mean-token-sum-norm": ell.sum() / (B * L_max),
 }
 parameters = [p for p in model.parameters() if p.requires_grad]
 for loss_agg, hand_loss in by_hand_losses.items():
     library_loss = policy_loss(logprobs, old_logprobs, advantages, mask, ref_logprobs=ref_logprobs,
-                               clip_eps=clip_eps, clip_eps_high=clip_eps_high, kl_coef=beta, loss_agg=loss_agg)
+                               clip_eps=clip_eps, clip_eps_high=clip_eps_high, kl_coef=beta, loss_agg=loss_agg,
+                               max_new_tokens=L_max)
     hand_gradient = torch.autograd.grad(hand_loss, parameters, retain_graph=True)
     library_gradient = torch.autograd.grad(library_loss, parameters, retain_graph=True)
     gradient_error = max((a - b).abs().max().item() for a, b in zip(hand_gradient, library_gradient))
@@ -305,7 +307,7 @@ for loss_agg, hand_loss in by_hand_losses.items():
 # %% [markdown]
 # How much weight does one token of response $i$ get? Under GRPO it is $1/(N|o_i|)$ — short
 # responses' tokens count more; under DAPO and Dr. GRPO every token counts the same. (Dr.
-# GRPO's constant $B \cdot T$ also removes the length bias of GRPO's per-sequence mean.)
+# GRPO's constant $B \cdot L_\max$ also removes the length bias of GRPO's per-sequence mean.)
 
 # %%
 order = torch.argsort(lengths)
@@ -334,7 +336,7 @@ plt.show()
 # %%
 for loss_agg in by_hand_losses:
     options = dict(ref_logprobs=ref_logprobs, clip_eps=clip_eps, clip_eps_high=clip_eps_high, kl_coef=beta,
-                   loss_agg=loss_agg)
+                   loss_agg=loss_agg, max_new_tokens=L_max)
     unweighted = policy_loss(logprobs, old_logprobs, advantages, mask, **options)
     all_ones = policy_loss(logprobs, old_logprobs, advantages, mask, weights=mask.float(), **options)
     torch.testing.assert_close(all_ones, unweighted, rtol=0, atol=0)
