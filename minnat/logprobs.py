@@ -300,6 +300,39 @@ def _check_inputs(input_ids, attention_mask, response_mask, selection):
             raise ValueError("an RPC selection must keep a prefix of each response (keep = columns < cut).")
 
 
+def needed_columns(attention_mask: torch.Tensor, scored: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(starts [B], ends [B]): the columns [start_b, end_b) of input_ids that row b must give the
+    model so that every scored response position gets its log-prob — from the row's first real
+    token to the column before its last scored token (that token is a target, never an input).
+    attention_mask [B, P + T]; scored bool [B, T] (the response tokens to score). A row that
+    scores nothing needs nothing (end = start = 0)."""
+    batch, total = attention_mask.shape
+    response_columns = scored.shape[1]
+    prompt_columns = total - response_columns
+    device = attention_mask.device
+    first_real = torch.where(attention_mask.bool(), torch.arange(total, device=device),
+                             torch.full_like(attention_mask, total)).amin(dim=1)
+    columns = torch.arange(response_columns, device=device)
+    last_scored_plus_one = torch.where(scored, columns + 1, torch.zeros_like(columns)).amax(dim=1) \
+        if response_columns else torch.zeros(batch, dtype=torch.long, device=device)
+    ends = torch.where(last_scored_plus_one > 0, prompt_columns + last_scored_plus_one - 1,
+                       torch.zeros_like(last_scored_plus_one))
+    return torch.minimum(first_real, ends), ends
+
+
+def planned_tokens_to_model(attention_mask: torch.Tensor, scored: torch.Tensor, *,
+                            max_rows_per_micro_batch: int | None = None,
+                            micro_batch_overhead_tokens: int = 128) -> int:
+    """The `tokens_to_model` that `response_logprobs` would count for these rows if it scored the
+    positions `scored` (bool [B, T]), padding included — from the same `needed_columns` and
+    `plan_micro_batches`, with no forward pass. With scored = response_mask it is what full-token
+    GRPO gives the model on a batch, the yardstick for a NAT run's `tokens_to_model`."""
+    starts, ends = needed_columns(attention_mask.long(), scored.bool())
+    plan = plan_micro_batches(starts, ends, max_rows=max_rows_per_micro_batch,
+                              overhead_tokens=micro_batch_overhead_tokens)
+    return sum(len(micro.rows) * (micro.end - micro.start) for micro in plan)
+
+
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       response_mask: torch.Tensor, selection: Selection | None = None, *,
                       temperature: float = 1.0, max_rows_per_micro_batch: int | None = None,
@@ -333,15 +366,7 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     attention_mask = attention_mask.long()
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
 
-    # Columns each row needs: from its first real token to the column before its last scored token.
-    first_real = torch.where(attention_mask.bool(), torch.arange(total, device=device),
-                             torch.full_like(attention_mask, total)).amin(dim=1)
-    columns = torch.arange(response_columns, device=device)
-    last_scored_plus_one = torch.where(scored, columns + 1, torch.zeros_like(columns)).amax(dim=1) \
-        if response_columns else torch.zeros(batch, dtype=torch.long, device=device)
-    ends = torch.where(last_scored_plus_one > 0, prompt_columns + last_scored_plus_one - 1,
-                       torch.zeros_like(last_scored_plus_one))
-    starts = torch.minimum(first_real, ends)
+    starts, ends = needed_columns(attention_mask, scored)
 
     # Every method goes through the same length-grouping planner, so that full and URS get the
     # same padding savings and RPC's advantage is only what its cut removes. For full and URS a
