@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import make_batch
-from minnat.diagnostics import (GradientAgreement, gradient_agreement, ht_weight_curves, log_log_slope,
-                                policy_gradient)
+from minnat.diagnostics import (GradientAgreement, SelectionBias, exact_bias, gradient_agreement, ht_weight_curves,
+                                log_log_slope, policy_gradient, selection_bias)
 from minnat.nat import RPC_CUT_DISTRIBUTIONS
 
 NUM_DRAWS = 48
@@ -127,3 +127,84 @@ def test_full_weights_are_exactly_one_and_bad_input_is_explained():
         ht_weight_curves(10, 0.0)
     with pytest.raises(ValueError, match="num_draws must be a whole number"):
         ht_weight_curves(10, 0.5, num_draws=-3)
+
+
+# ----------------------------------------------------------------------------- bias: NAT has none, the contrasts do
+
+@pytest.fixture(scope="module")
+def tiny_batch():
+    """Three short responses: every selection outcome can be enumerated."""
+    input_ids, attention_mask, response_mask = make_batch(prompt_lengths=[3, 2, 4], response_lengths=[5, 3, 4],
+                                                          seed=1)
+    return input_ids, attention_mask, response_mask, torch.tensor([1.0, -0.8, 0.5], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("method,cut_sampling", [("rpc", "independent"), ("rpc", "stratified"), ("full", None)])
+def test_exact_bias_of_nat_is_zero(tiny_model, tiny_batch, method, cut_sampling):
+    result = exact_bias(tiny_model, *tiny_batch, method=method, budget=0.5, cut_sampling=cut_sampling or "independent")
+    assert isinstance(result, SelectionBias) and result.exact and result.standard_error == 0.0
+    # Qwen3's RMSNorm runs in float32 even in a float64 model: zero up to float32 rounding.
+    assert result.relative_bias < 1e-5, result
+    assert result.num_outcomes == (60 if cut_sampling == "independent" else 1 if method == "full" else
+                                   result.num_outcomes)
+
+
+def test_exact_bias_of_urs_is_zero(tiny_model):
+    input_ids, attention_mask, response_mask = make_batch(prompt_lengths=[3, 2], response_lengths=[4, 3], seed=2)
+    result = exact_bias(tiny_model, input_ids, attention_mask, response_mask, torch.tensor([1.0, -0.5]),
+                        method="urs", budget=0.3, loss_agg="token-mean")
+    assert result.num_outcomes == 2 ** 7 and result.relative_bias < 1e-5
+
+
+@pytest.mark.parametrize("method,cut_sampling", [("rpc-unweighted", "independent"),
+                                                 ("rpc-unweighted", "stratified"), ("top-entropy", "independent")])
+def test_exact_bias_of_the_contrasts_is_large(tiny_model, tiny_batch, method, cut_sampling):
+    result = exact_bias(tiny_model, *tiny_batch, method=method, budget=0.5, cut_sampling=cut_sampling)
+    assert result.relative_bias > 0.1, result
+    assert result.z == math.inf and "(biased)" in result.label
+
+
+def test_exact_bias_refuses_too_many_outcomes(tiny_model, batch):
+    with pytest.raises(ValueError, match="exceed max_outcomes"):
+        exact_bias(tiny_model, *batch, method="rpc", budget=0.5)
+
+
+@pytest.mark.parametrize("method", ["rpc", "urs", "rpc-unweighted", "top-entropy"])
+def test_monte_carlo_bias_is_significant_for_the_contrasts_only(tiny_model, batch, method):
+    """On a real-size batch: the contrasts' squared bias is many standard errors above 0, NAT's is not."""
+    full = policy_gradient(tiny_model, *batch)
+    result = gradient_agreement(tiny_model, *batch, method=method, budget=0.5, num_draws=40, seed=1,
+                                full_gradient=full)
+    if method in ("rpc", "urs"):
+        assert result.bias_z < 3, (result.bias, result.bias_standard_error, result.bias_z)
+        assert result.bias < 0.2  # a single draw's error is ~1: the bias is a small fraction of it
+        return
+    assert result.biased and result.bias_z > 5, (result.bias, result.bias_standard_error, result.bias_z)
+    assert result.bias > 0.3
+    # The average of K draws stops improving at the bias: its error flattens instead of falling like 1/√K.
+    errors = result.relative_error
+    assert errors[-1] > 0.8 * result.bias and errors[-1] > errors[0] / 3
+    assert result.predicted_relative_error(10 ** 6) == pytest.approx(result.bias, rel=0.05)
+    if method == "top-entropy":  # deterministic given θ: every draw is the same gradient
+        assert max(errors) - min(errors) < 1e-12 and result.bias_standard_error == 0.0
+
+
+def test_selection_bias_reports_monte_carlo_with_a_standard_error(tiny_model, batch):
+    full = policy_gradient(tiny_model, *batch)
+    result = selection_bias(tiny_model, *batch, method="rpc-unweighted", budget=0.5, num_draws=20, seed=3,
+                            full_gradient=full, cut_sampling="stratified")
+    assert not result.exact and result.num_outcomes == 20 and result.cut_sampling == "stratified"
+    assert 0 < result.standard_error < result.relative_bias
+    assert result.label == "rpc-unweighted ρ=0.5, stratified (biased)"
+
+
+def test_stratified_rpc_is_unbiased_and_its_variance_is_measured(tiny_model, batch):
+    full = policy_gradient(tiny_model, *batch)
+    results = {sampling: gradient_agreement(tiny_model, *batch, method="rpc", budget=0.5, num_draws=40, seed=4,
+                                            cut_sampling=sampling, full_gradient=full)
+               for sampling in ("independent", "stratified")}
+    for result in results.values():
+        assert result.bias_z < 3 and 0.1 < result.per_draw_variance < 10
+    # Eight rows only (one row is ~1/8 of the total): the kept fraction's spread still shrinks clearly.
+    kept_spread = {name: torch.tensor(r.draw_kept_fractions).std() for name, r in results.items()}
+    assert kept_spread["stratified"] < 0.7 * kept_spread["independent"]

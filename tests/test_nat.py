@@ -9,7 +9,8 @@ from conftest import make_batch
 from minnat.grpo import policy_loss
 from minnat.logprobs import response_logprobs
 from minnat.nat import (METHODS, RPC_CUT_DISTRIBUTIONS, rpc_cut_probabilities, rpc_inclusion_probabilities,
-                        select_tokens, selection_from_keep)
+                        select_for_method, select_tokens, select_tokens_biased, selection_from_keep,
+                        stratified_cut_law)
 
 
 def loss_and_grad(model, batch, old_logprobs, ref_logprobs, advantages, selection, loss_agg):
@@ -183,3 +184,167 @@ def test_generator_makes_draws_reproducible():
         first = select_tokens(mask, method, 0.5, torch.Generator().manual_seed(5))
         second = select_tokens(mask, method, 0.5, torch.Generator().manual_seed(5))
         assert torch.equal(first.keep, second.keep)
+
+
+# ----------------------------------------------------------------------------- stratified cuts across the batch
+
+@pytest.mark.parametrize("loss_agg", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize("cut_distribution,budget", [("uniform-floor", 0.3), ("power", 0.5)])
+def test_stratified_cuts_enumerated_exactly_give_full_loss_and_gradient(tiny_model, loss_agg, cut_distribution,
+                                                                        budget):
+    """The stratified design's exact joint law (every row order × every offset interval) is unbiased."""
+    lengths = [5, 3, 0, 4]
+    batch = make_batch(prompt_lengths=[4, 2, 3, 2], response_lengths=lengths, response_columns=6)
+    old, ref = perturbed_logprobs(tiny_model, batch, seed=3)
+    advantages = torch.tensor([1.2, -0.7, 0.4, -1.0], dtype=torch.float64)
+    full_loss, full_grad = loss_and_grad(tiny_model, batch, old, ref, advantages, None, loss_agg)
+    pi = rpc_inclusion_probabilities(torch.tensor(lengths), 6, budget, cut_distribution, dtype=torch.float64)
+    law = stratified_cut_law(torch.tensor(lengths), budget, cut_distribution)
+    assert sum(p for _, p in law) == pytest.approx(1.0, abs=1e-12)
+    expected_loss, expected_grad = 0.0, torch.zeros_like(full_grad)
+    for cuts, probability in law:
+        keep = torch.arange(6).unsqueeze(0) < cuts.unsqueeze(1)
+        loss, grad = loss_and_grad(tiny_model, batch, old, ref, advantages,
+                                   selection_from_keep(keep, pi, "rpc", budget, cut_distribution), loss_agg)
+        expected_loss += probability * loss
+        expected_grad += probability * grad
+    assert float(expected_loss) == pytest.approx(float(full_loss), rel=1e-6, abs=1e-12)
+    assert (expected_grad - full_grad).abs().max() <= 1e-6 * full_grad.abs().max()
+
+
+@pytest.mark.parametrize("cut_distribution,budget", [("uniform-floor", 0.25), ("uniform-floor", 0.5),
+                                                     ("uniform-floor", 0.8), ("power", 0.5)])
+def test_stratified_cut_of_each_row_has_exactly_rpcs_law(cut_distribution, budget):
+    lengths = torch.tensor([6, 1, 3, 0, 5])
+    law = stratified_cut_law(lengths, budget, cut_distribution)
+    for row, length in enumerate(lengths.tolist()):
+        marginal = torch.zeros(max(length, 1), dtype=torch.float64)
+        for cuts, probability in law:
+            marginal[max(int(cuts[row]) - 1, 0)] += probability
+        expected = rpc_cut_probabilities(length, budget, cut_distribution) if length else torch.ones(1)
+        assert torch.allclose(marginal, expected.double(), atol=1e-12), (row, marginal, expected)
+    # ...while the joint law is not the independent one (the cuts are balanced across rows).
+    assert len(law) < math.prod(max(int(length), 1) for length in lengths)
+
+
+def test_stratified_monte_carlo_marginals_match_pi_and_the_kept_total_barely_moves():
+    """B = 64 ragged rows, ρ = 0.5: per-row keep frequencies match π_t; the kept total's CV is ≥ 5× smaller."""
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(20, 61, (64,), generator=generator)
+    mask = torch.arange(60).unsqueeze(0) < lengths.unsqueeze(1)
+    draws = 3000
+    totals, keep_counts = {}, {}
+    for sampling in ("independent", "stratified"):
+        draw_generator = torch.Generator().manual_seed(1)
+        selections = [select_tokens(mask, "rpc", 0.5, draw_generator, cut_sampling=sampling) for _ in range(draws)]
+        totals[sampling] = torch.tensor([float(s.keep.sum()) for s in selections])
+        keep_counts[sampling] = torch.stack([s.keep for s in selections]).double().mean(dim=0)
+        assert all(s.cut_sampling == sampling for s in selections[:3])
+    pi = rpc_inclusion_probabilities(lengths, 60, 0.5).double()
+    standard_error = torch.sqrt(pi * (1 - pi) / draws)
+    inside = mask & (pi < 1)
+    assert ((keep_counts["stratified"] - pi).abs()[inside] <= 5 * standard_error[inside] + 1e-9).all()
+    assert torch.equal(keep_counts["stratified"][~mask], torch.zeros_like(pi[~mask]))
+    coefficient = {name: float(total.std() / total.mean()) for name, total in totals.items()}
+    assert coefficient["independent"] >= 5 * coefficient["stratified"], coefficient
+    # Both keep ρ of the tokens on average (within one token per row of ceil rounding).
+    for total in totals.values():
+        assert 0.5 * lengths.sum() <= total.mean() <= 0.5 * lengths.sum() + 64
+
+
+def test_stratified_selection_is_a_proper_rpc_selection():
+    mask = torch.arange(30).unsqueeze(0) < torch.tensor([30, 1, 0, 17]).unsqueeze(1)
+    selection = select_tokens(mask, "rpc", 0.4, torch.Generator().manual_seed(2), cut_sampling="stratified")
+    assert torch.equal(selection.keep, torch.arange(30).unsqueeze(0) < selection.cut_lengths.unsqueeze(1))
+    assert selection.cut_lengths.tolist()[1:3] == [1, 0]
+    assert torch.equal(selection.inclusion_prob, rpc_inclusion_probabilities(mask.sum(1), 30, 0.4))
+    urs = select_tokens(mask, "urs", 0.4, cut_sampling="stratified")  # URS has no cuts: the option is ignored
+    assert urs.cut_sampling is None
+    with pytest.raises(ValueError, match="unknown cut_sampling 'latin'"):
+        select_tokens(mask, "rpc", 0.4, cut_sampling="latin")
+
+
+# ----------------------------------------------------------------------------- the biased contrasts
+
+def test_rpc_unweighted_is_rpcs_cut_with_weight_one_normalised_over_kept_tokens():
+    mask = torch.arange(12).unsqueeze(0) < torch.tensor([12, 5, 0]).unsqueeze(1)
+    rpc = select_tokens(mask, "rpc", 0.5, torch.Generator().manual_seed(4))
+    unweighted = select_tokens_biased(mask, "rpc-unweighted", 0.5, torch.Generator().manual_seed(4))
+    assert torch.equal(unweighted.keep, rpc.keep)                        # the same cut law, draw for draw
+    assert torch.equal(unweighted.weights, unweighted.keep.float())      # ...but no 1/π_t
+    assert torch.equal(unweighted.loss_mask(mask), unweighted.keep)      # ...and |o_i| → C_i
+    assert torch.equal(rpc.loss_mask(mask), mask) and not rpc.biased and unweighted.biased
+    assert unweighted.method == "rpc-unweighted" and unweighted.kept_fraction == rpc.kept_fraction
+
+
+def test_rpc_unweighted_loss_is_biased_by_exact_enumeration(tiny_model):
+    """E over every cut of the truncated-answer loss differs from the full loss (and NAT's equals it)."""
+    lengths = [5, 3]
+    batch = make_batch(prompt_lengths=[4, 2], response_lengths=lengths, response_columns=5)
+    response_mask = batch[2]
+    old, ref = perturbed_logprobs(tiny_model, batch, seed=1)
+    advantages = torch.tensor([1.2, -0.7], dtype=torch.float64)
+    full_loss, _ = loss_and_grad(tiny_model, batch, old, ref, advantages, None, "seq-mean-token-mean")
+    pi = rpc_inclusion_probabilities(torch.tensor(lengths), 5, 0.5, dtype=torch.float64)
+    expected = 0.0
+    for c0, p0 in zip(range(1, 6), rpc_cut_probabilities(5, 0.5).tolist()):
+        for c1, p1 in zip(range(1, 4), rpc_cut_probabilities(3, 0.5).tolist()):
+            keep = torch.arange(5).unsqueeze(0) < torch.tensor([c0, c1]).unsqueeze(1)
+            with torch.no_grad():
+                logprobs = response_logprobs(tiny_model, *batch, selection_from_keep(keep, pi, "rpc", 0.5))
+            expected += p0 * p1 * float(policy_loss(logprobs, old, advantages, keep, weights=keep.double(),
+                                                    ref_logprobs=ref, clip_eps=0.1, clip_eps_high=0.15,
+                                                    kl_coef=0.3, loss_agg="seq-mean-token-mean"))
+    assert abs(expected - float(full_loss)) > 1e-3 * abs(float(full_loss)) + 1e-4
+
+
+def trl_high_entropy_mask(entropies, mask, threshold):
+    """TRL 1.16's GRPOTrainer.get_high_entropy_mask on one process (gather = identity)."""
+    from types import SimpleNamespace
+
+    from trl.trainer.grpo_trainer import GRPOTrainer
+    single_process = SimpleNamespace(pad_across_processes=lambda tensor, dim, pad_index: tensor,
+                                     gather=lambda tensor: tensor)
+    return GRPOTrainer.get_high_entropy_mask(SimpleNamespace(accelerator=single_process), entropies, mask, threshold)
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 0.05, 1.0])
+def test_top_entropy_keeps_what_trl_keeps(fraction):
+    generator = torch.Generator().manual_seed(5)
+    mask = torch.arange(40).unsqueeze(0) < torch.tensor([40, 7, 0, 23, 31]).unsqueeze(1)
+    entropies = torch.rand(mask.shape, generator=generator) * 3 * mask  # padding holds 0, as TRL's does
+    entropies[0, :4] = entropies[0, 5]  # ties at the threshold are kept, as TRL's >= does
+    selection = select_tokens_biased(mask, "top-entropy", fraction, entropies=entropies)
+    assert torch.equal(selection.keep, trl_high_entropy_mask(entropies, mask, 1 - fraction))
+    assert torch.equal(selection.weights, selection.keep.float()) and selection.biased
+    assert torch.equal(selection.loss_mask(mask), mask)  # TRL keeps the full-response normaliser
+    assert selection.kept_fraction == pytest.approx(fraction, abs=2 / int(mask.sum()) + 1e-9)
+    kept, dropped = entropies[selection.keep], entropies[mask & ~selection.keep]
+    assert dropped.numel() == 0 or kept.min() >= dropped.max()
+
+
+def test_response_entropies_match_the_full_softmax(tiny_model):
+    from minnat.entropy import response_entropies
+    input_ids, attention_mask, response_mask = make_batch(prompt_lengths=[3, 5, 2], response_lengths=[6, 0, 4])
+    entropies = response_entropies(tiny_model, input_ids, attention_mask, response_mask, temperature=0.7,
+                                   chunk_size=3)
+    with torch.no_grad():
+        position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+        logits = tiny_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    prompt = input_ids.shape[1] - response_mask.shape[1]
+    log_p = torch.log_softmax(logits[:, prompt - 1:-1].double() / 0.7, dim=-1)
+    expected = -(log_p.exp() * log_p).sum(-1) * response_mask
+    assert torch.allclose(entropies, expected.to(entropies.dtype), atol=1e-6)
+    assert (entropies[response_mask] > 0).all() and (entropies[~response_mask] == 0).all()
+
+
+def test_contrasts_are_refused_by_select_tokens_and_top_entropy_needs_entropies():
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match="biased contrast, not a NAT method: draw it with .*select_tokens_biased"):
+        select_tokens(mask, "rpc-unweighted", 0.5)
+    with pytest.raises(ValueError, match="top-entropy needs entropies"):
+        select_tokens_biased(mask, "top-entropy", 0.2)
+    with pytest.raises(ValueError, match="unknown NAT method 'urs'"):
+        select_tokens_biased(mask, "urs", 0.2)
+    assert select_for_method(mask, "rpc-unweighted", 0.5).biased
+    assert not select_for_method(mask, "rpc", 0.5).biased

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from conftest import build_tiny_qwen3, make_batch
 from minnat.grpo import LOSS_AGGREGATIONS, policy_loss
 from minnat.logprobs import response_logprobs
-from minnat.nat import METHODS, RPC_CUT_DISTRIBUTIONS, select_tokens
+from minnat.nat import CUT_SAMPLINGS, METHODS, RPC_CUT_DISTRIBUTIONS, select_tokens, select_tokens_biased
 
 lengths_strategy = st.lists(st.integers(min_value=0, max_value=12), min_size=1, max_size=6)
 budget_strategy = st.floats(min_value=1e-3, max_value=1.0, allow_nan=False)
@@ -42,6 +42,39 @@ def test_selection_invariants(lengths, extra, method, budget, distribution, seed
         assert ((selection.cut_lengths >= 1) == (torch.tensor(lengths) > 0)).all()  # non-empty rows keep ≥ 1
     if method == "full" or budget == 1.0:
         assert torch.equal(selection.keep, mask) and torch.equal(selection.weights, mask.float())
+
+
+@FAST
+@given(lengths=lengths_strategy, budget=budget_strategy, distribution=st.sampled_from(RPC_CUT_DISTRIBUTIONS),
+       sampling=st.sampled_from(CUT_SAMPLINGS), seed=st.integers(0, 2**31))
+def test_stratified_and_independent_cuts_are_valid_rpc_selections(lengths, budget, distribution, sampling, seed):
+    mask = mask_from(lengths, 1)
+    selection = select_tokens(mask, "rpc", budget, torch.Generator().manual_seed(seed),
+                              cut_distribution=distribution, cut_sampling=sampling)
+    columns = torch.arange(mask.shape[1])
+    assert torch.equal(selection.keep, columns.unsqueeze(0) < selection.cut_lengths.unsqueeze(1))
+    assert ((selection.cut_lengths >= 1) == (torch.tensor(lengths) > 0)).all()
+    assert (selection.cut_lengths <= torch.tensor(lengths)).all()
+    assert torch.isfinite(selection.weights).all() and (selection.inclusion_prob[mask] > 0).all()
+
+
+@FAST
+@given(lengths=lengths_strategy, budget=budget_strategy, seed=st.integers(0, 2**31))
+def test_biased_contrasts_keep_a_subset_with_weight_one(lengths, budget, seed):
+    mask = mask_from(lengths, 1)
+    generator = torch.Generator().manual_seed(seed)
+    entropies = torch.rand(mask.shape, generator=generator) * mask
+    for selection in (select_tokens_biased(mask, "rpc-unweighted", budget, generator),
+                      select_tokens_biased(mask, "top-entropy", budget, entropies=entropies)):
+        assert selection.biased and not (selection.keep & ~mask).any()
+        assert torch.equal(selection.weights, selection.keep.float())
+        loss_mask = selection.loss_mask(mask)
+        assert not (selection.weights.bool() & ~loss_mask).any()   # policy_loss accepts the pair
+        if mask.any():
+            assert selection.keep.any()  # both keep at least one token of a non-empty batch
+    top = select_tokens_biased(mask, "top-entropy", budget, entropies=entropies)
+    count = int(mask.sum())
+    assert int(top.keep.sum()) >= min(count, 1) and int(top.keep.sum()) <= count
 
 
 @FAST
