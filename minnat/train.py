@@ -45,7 +45,8 @@ from minnat.grpo import ADVANTAGE_SCALES, LOSS_AGGREGATIONS, aggregation_share, 
 from minnat.logprobs import LogprobStats, response_logprobs
 from minnat.measure import ActivationMeter, stopwatch
 from minnat.models import EMBEDDED_MODEL, architecture, choose_cpu_threads, load_model, resolve_device
-from minnat.nat import METHODS, RPC_CUT_DISTRIBUTIONS, check_budget, select_tokens
+from minnat.entropy import response_entropies
+from minnat.nat import ALL_METHODS, CUT_SAMPLINGS, RPC_CUT_DISTRIBUTIONS, check_budget, select_for_method
 from minnat.rollout import RolloutBatch, generate
 from minnat.tasks import get_task
 
@@ -65,9 +66,17 @@ class TrainConfig:
     data_path: str | None = option(None, "GSM8K-format JSONL file or folder (train.jsonl/test.jsonl); "
                                          "default: the hub dataset")
     # NAT
-    method: str = option("rpc", "which tokens the update trains on: full, urs or rpc", choices=METHODS)
+    method: str = option("rpc", "which tokens the update trains on: full, urs or rpc (NAT, unbiased), or the "
+                                "biased contrasts rpc-unweighted (the truncated answer, weight 1) and top-entropy "
+                                "(TRL's top_entropy_quantile, weight 1; 0.2 is the paper's --budget)",
+                         choices=ALL_METHODS)
     budget: float = option(0.5, "ρ ∈ (0, 1]: expected fraction of each response's tokens that is kept")
     cut_distribution: str = option("uniform-floor", "RPC cut distribution", choices=RPC_CUT_DISTRIBUTIONS)
+    cut_sampling: str = option("independent", "RPC cuts drawn independently per response, or stratified across "
+                                              "the batch (same law per response, steadier kept total)",
+                               choices=CUT_SAMPLINGS)
+    token_budget: int = option(0, "response tokens kept per update: ρ of each step = min(1, N / Σ|o_i|) from "
+                                  "the rollout's lengths, replacing --budget (0 = off)")
     # GRPO
     steps: int = option(20, "number of rollout + update steps")
     batch_size: int = option(64, "responses per step (= questions per step × group size)")
@@ -111,8 +120,15 @@ class TrainConfig:
                                  "(default)")
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}.")
+        if self.method not in ALL_METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {ALL_METHODS}.")
+        if self.cut_sampling not in CUT_SAMPLINGS:
+            raise ValueError(f"unknown cut_sampling {self.cut_sampling!r}; choose one of {CUT_SAMPLINGS}.")
+        if isinstance(self.token_budget, bool) or not isinstance(self.token_budget, int) or self.token_budget < 0:
+            raise ValueError(f"token_budget must be a whole number of tokens, or 0 for off; got {self.token_budget!r}.")
+        if self.token_budget and self.method == "full":
+            raise ValueError("--token-budget needs a method that keeps a subset of the tokens (rpc, urs, ...); "
+                             "full trains on every token. Drop --token-budget or choose --method rpc.")
         self.budget = check_budget(self.budget)
         if self.loss_agg not in LOSS_AGGREGATIONS:
             raise ValueError(f"unknown loss_agg {self.loss_agg!r}; choose one of {LOSS_AGGREGATIONS}.")
@@ -320,6 +336,26 @@ class Trainer:
         return correct / len(examples)
 
     # ----------------------------------------------------------------- the update
+    def draw_selection(self, input_ids, attention_mask, response_mask):
+        """Step 3: which tokens this update trains on -> (Selection on the device, ρ of this step).
+
+        With --token-budget N, ρ = min(1, N / Σ|o_i|) is decided from the rollout's lengths alone
+        (not from θ, not from the draw), so given the batch the NAT estimator stays unbiased and
+        the update keeps about N response tokens whatever the responses' lengths.
+        """
+        config = self.config
+        budget = config.budget
+        if config.token_budget:
+            budget = min(1.0, config.token_budget / max(int(response_mask.sum()), 1))
+        entropies = None
+        if config.method == "top-entropy":  # the contrast needs H_t of the current policy at every response token
+            entropies = response_entropies(self.model, input_ids, attention_mask, response_mask,
+                                           temperature=config.temperature).cpu()
+        selection = select_for_method(response_mask.cpu(), config.method, budget, self.selection_generator,
+                                      entropies=entropies, cut_distribution=config.cut_distribution,
+                                      cut_sampling=config.cut_sampling)
+        return selection.to(self.device), budget
+
     def update(self, batch: RolloutBatch) -> dict:
         """Steps 2–5 of the module docstring on one rollout batch. Returns the step's metrics."""
         config, model = self.config, self.model
@@ -340,8 +376,8 @@ class Trainer:
         input_ids, attention_mask = batch.input_ids[rows].to(device), batch.attention_mask[rows].to(device)
         response_mask, advantages = response_mask[rows].to(device), advantages[rows].to(device)
         # Step 3: the NAT draw. Drawn once per rollout batch and reused by all μ updates.
-        selection = select_tokens(response_mask.cpu(), config.method, config.budget, self.selection_generator,
-                                  cut_distribution=config.cut_distribution).to(device)
+        selection, step_budget = self.draw_selection(input_ids, attention_mask, response_mask)
+        loss_mask = selection.loss_mask(response_mask)  # the full response mask, except for rpc-unweighted
         logprob_options = dict(temperature=config.temperature)
         # Step 4: with μ = 1 the only update is on-policy, log π_old = log π_θ (detached): no extra pass.
         old_logprobs = None
@@ -370,13 +406,13 @@ class Trainer:
                                                  response_mask[chunk], selection.rows(chunk), stats=stats,
                                                  **logprob_options)
                     old = logprobs.detach() if old_logprobs is None else old_logprobs[chunk]
-                    loss = policy_loss(logprobs, old, advantages[chunk], response_mask[chunk],
+                    loss = policy_loss(logprobs, old, advantages[chunk], loss_mask[chunk],
                                        weights=selection.weights[chunk],
                                        ref_logprobs=None if reference_logprobs is None else reference_logprobs[chunk],
                                        clip_eps=config.clip_eps, clip_eps_high=config.clip_eps_high,
                                        kl_coef=config.kl_coef, loss_agg=config.loss_agg,
                                        max_new_tokens=config.max_new_tokens)  # Dr. GRPO's constant B·L_max
-                    loss = loss * aggregation_share(response_mask[chunk], response_mask, config.loss_agg)
+                    loss = loss * aggregation_share(loss_mask[chunk], loss_mask, config.loss_agg)
                 if meter is not None:
                     activation_bytes = max(activation_bytes, meter.bytes)
                 if loss.requires_grad:
@@ -402,6 +438,7 @@ class Trainer:
         return metrics | {
             "loss": float(np.mean(losses)), "grad_norm": float(np.mean(grad_norms)),
             "response_tokens_used": used, "kept_fraction": used / max(int(response_mask.sum()), 1),
+            "budget": step_budget,
             "max_ht_weight": float(selection.weights.max()) if used else 0.0,
             "tokens_to_model": stats.tokens_to_model // config.updates_per_batch,
             "activation_bytes": activation_bytes if config.measure_activation_memory else None,
