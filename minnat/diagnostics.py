@@ -415,6 +415,50 @@ def selection_outcomes(response_mask: torch.Tensor, method: str, budget: float, 
         yield selection, probability
 
 
+def row_separable(method: str, loss_agg: str) -> bool:
+    """True when an RPC-type loss is a sum of per-row terms with constant weights, so E[g] needs each
+    row's cut law only (Σ_i |o_i| passes instead of Π_i |o_i|; stratified cuts have the same marginals).
+    rpc-unweighted under token-mean divides by Σ_i C_i, which couples the rows."""
+    if method not in ("rpc", "rpc-unweighted"):
+        return False
+    return loss_agg in ("seq-mean-token-mean", "seq-mean-token-sum-norm") or (loss_agg == "token-mean"
+                                                                             and method == "rpc")
+
+
+def expected_gradient_by_rows(model, input_ids, attention_mask, response_mask, advantages, method, budget,
+                              cut_distribution, *, loss_agg, **options):
+    """E[g] = Σ_i share_i Σ_c P(C_i = c) g_i(c), g_i(c) the gradient of row i alone cut at c.
+
+    share_i turns row i's one-row loss into its part of the batch loss: 1/N (N rows with tokens) for
+    seq-mean-token-mean, |o_i|/Σ|o| for token-mean, 1/B for seq-mean-token-sum-norm.
+    Returns (E[g] float64 [D], total probability / rows, passes).
+    """
+    lengths = check_response_mask(response_mask.cpu())
+    rows = [row for row in range(lengths.shape[0]) if lengths[row] > 0]
+    share = {"seq-mean-token-mean": lambda row: 1.0 / len(rows),
+             "token-mean": lambda row: float(lengths[row]) / float(lengths.sum()),
+             "seq-mean-token-sum-norm": lambda row: 1.0 / lengths.shape[0]}[loss_agg]
+    expected, probability_sum, passes = None, 0.0, 0
+    columns = response_mask.shape[1]
+    for row in rows:
+        index = slice(row, row + 1)
+        length = int(lengths[row])
+        pi = rpc_inclusion_probabilities(lengths[index], columns, budget, cut_distribution)
+        for cut, probability in enumerate(rpc_cut_probabilities(length, budget, cut_distribution).tolist(), 1):
+            keep = torch.arange(columns).unsqueeze(0) < cut
+            selection = selection_from_keep(keep, pi, "rpc", budget, cut_distribution)
+            if method == "rpc-unweighted":
+                selection = dataclasses.replace(selection, method=method, weights=keep.float(), normaliser_mask=keep)
+            gradient = policy_gradient(model, input_ids[index], attention_mask[index], response_mask[index],
+                                       advantages[index], selection.to(input_ids.device), loss_agg=loss_agg,
+                                       **options)
+            term = probability * share(row) * gradient
+            expected = term if expected is None else expected + term
+            probability_sum += probability / len(rows)
+            passes += 1
+    return expected, probability_sum, passes
+
+
 def exact_bias(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
                advantages: torch.Tensor, method: str = "rpc", budget: float = 0.5, *,
                cut_distribution: str = "uniform-floor", cut_sampling: str = "independent",
@@ -434,15 +478,20 @@ def exact_bias(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, res
                                                      full_gradient, **options)
     entropies = (response_entropies(model, input_ids, attention_mask, response_mask, temperature=temperature).cpu()
                  if method == "top-entropy" else None)
-    expected, total_probability, outcomes = torch.zeros_like(full_gradient), 0.0, 0
-    for selection, probability in selection_outcomes(response_mask.cpu(), method, budget, entropies=entropies,
-                                                     cut_distribution=cut_distribution, cut_sampling=cut_sampling,
-                                                     max_outcomes=max_outcomes):
-        gradient = policy_gradient(model, input_ids, attention_mask, response_mask, advantages,
-                                   selection.to(input_ids.device), **options)
-        expected += probability * gradient
-        total_probability += probability
-        outcomes += 1
+    if row_separable(method, loss_agg):
+        expected, total_probability, outcomes = expected_gradient_by_rows(
+            model, input_ids, attention_mask, response_mask, advantages, method, budget, cut_distribution,
+            **options)
+    else:
+        expected, total_probability, outcomes = torch.zeros_like(full_gradient), 0.0, 0
+        for selection, probability in selection_outcomes(response_mask.cpu(), method, budget, entropies=entropies,
+                                                         cut_distribution=cut_distribution,
+                                                         cut_sampling=cut_sampling, max_outcomes=max_outcomes):
+            gradient = policy_gradient(model, input_ids, attention_mask, response_mask, advantages,
+                                       selection.to(input_ids.device), **options)
+            expected += probability * gradient
+            total_probability += probability
+            outcomes += 1
     if abs(total_probability - 1.0) > 1e-9:
         raise RuntimeError(f"the enumerated outcomes' probabilities sum to {total_probability}, not 1.")
     relative = float((expected - full_gradient).norm()) / full_norm

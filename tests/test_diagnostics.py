@@ -145,8 +145,8 @@ def test_exact_bias_of_nat_is_zero(tiny_model, tiny_batch, method, cut_sampling)
     assert isinstance(result, SelectionBias) and result.exact and result.standard_error == 0.0
     # Qwen3's RMSNorm runs in float32 even in a float64 model: zero up to float32 rounding.
     assert result.relative_bias < 1e-5, result
-    assert result.num_outcomes == (60 if cut_sampling == "independent" else 1 if method == "full" else
-                                   result.num_outcomes)
+    # RPC under seq-mean-token-mean is a sum of per-row terms: Σ_i |o_i| = 12 one-row passes suffice.
+    assert result.num_outcomes == (1 if method == "full" else 12)
 
 
 def test_exact_bias_of_urs_is_zero(tiny_model):
@@ -165,8 +165,8 @@ def test_exact_bias_of_the_contrasts_is_large(tiny_model, tiny_batch, method, cu
 
 
 def test_exact_bias_refuses_too_many_outcomes(tiny_model, batch):
-    with pytest.raises(ValueError, match="exceed max_outcomes"):
-        exact_bias(tiny_model, *batch, method="rpc", budget=0.5)
+    with pytest.raises(ValueError, match="exceed max_outcomes"):  # token-mean couples rpc-unweighted's rows
+        exact_bias(tiny_model, *batch, method="rpc-unweighted", budget=0.5, loss_agg="token-mean")
 
 
 @pytest.mark.parametrize("method", ["rpc", "urs", "rpc-unweighted", "top-entropy"])
@@ -208,3 +208,20 @@ def test_stratified_rpc_is_unbiased_and_its_variance_is_measured(tiny_model, bat
     # Eight rows only (one row is ~1/8 of the total): the kept fraction's spread still shrinks clearly.
     kept_spread = {name: torch.tensor(r.draw_kept_fractions).std() for name, r in results.items()}
     assert kept_spread["stratified"] < 0.7 * kept_spread["independent"]
+
+
+@pytest.mark.parametrize("loss_agg", ["seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_row_by_row_enumeration_equals_the_joint_one(tiny_model, tiny_batch, loss_agg):
+    """Σ_i |o_i| one-row passes give the same E[g] as all Π_i |o_i| cut combinations (rpc-unweighted)."""
+    from minnat.diagnostics import expected_gradient_by_rows, selection_outcomes
+    input_ids, attention_mask, response_mask, advantages = tiny_batch
+    by_rows, probability, passes = expected_gradient_by_rows(tiny_model, *tiny_batch, "rpc-unweighted", 0.5,
+                                                             "uniform-floor", loss_agg=loss_agg)
+    joint = torch.zeros_like(by_rows)
+    for selection, p in selection_outcomes(response_mask, "rpc-unweighted", 0.5):
+        joint += p * policy_gradient(tiny_model, *tiny_batch, selection, loss_agg=loss_agg)
+    assert passes == 12 and probability == pytest.approx(1.0)
+    # Qwen3's RMSNorm runs in float32 even in a float64 model: agreement at float32 rounding.
+    assert (by_rows - joint).abs().max() <= 1e-6 * joint.abs().max(), (by_rows - joint).abs().max()
+    coupled = exact_bias(tiny_model, *tiny_batch, method="rpc-unweighted", loss_agg="token-mean")
+    assert coupled.num_outcomes == 60 and coupled.relative_bias > 0.1  # Σ C_i couples the rows: joint law
