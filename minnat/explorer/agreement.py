@@ -8,8 +8,13 @@ variance V = E‖g_k − g_full‖² / ‖g_full‖² (relative to ‖g_full‖�
 
     E‖ḡ_K − g_full‖² / ‖g_full‖² = V / K,
 
-so the root-mean-square relative error of a K-draw average is √(V/K): the 1/√K law. The
-view plots the relative error and the cosine of ḡ_K against K, and V per method and budget.
+so the root-mean-square relative error of a K-draw average is √(V/K): the 1/√K law. That is a
+statement about the RMS over many sequences of draws, so the view measures it as such: the N
+draws are cut into disjoint blocks of k (k = 2, 4, 8, …), and the RMS error of the block
+averages is held against √(V/k) (`DrawStatistics`). The running average of the one sequence
+drawn is plotted too; it wanders around √(V/K), the more so when the noise lies along g_full
+(then the error is nearly a single number, and one average of K numbers can land far from its
+RMS). The view also shows 1 − cos(ḡ_K, g_full) and V per method and budget.
 V is what training on fewer tokens costs: one draw per step adds it to the rollouts' own noise.
 """
 from __future__ import annotations
@@ -19,13 +24,14 @@ import random
 import threading
 
 import gradio as gr
+import torch
 from matplotlib.figure import Figure
 
 from minnat.diagnostics import gradient_agreement, policy_gradient
-from minnat.explorer.helpers import (chosen_methods, method_choices, method_label, note_box, parse_budgets, seeded,
-                                     show_error, whole_number)
+from minnat.explorer.helpers import (chosen_methods, counted, method_choices, method_label, note_box, parse_budgets,
+                                     seeded, show_error, whole_number)
 from minnat.explorer.library import LoadedModel, Shared
-from minnat.explorer.style import method_color
+from minnat.explorer.style import legend_below, method_color
 from minnat.explorer.tokens import MAX_GROUP_SIZE
 from minnat.grpo import group_advantages
 from minnat.nat import RPC_CUT_DISTRIBUTIONS
@@ -42,66 +48,142 @@ def sample_training_batch(loaded: LoadedModel, task, num_prompts: int, group_siz
                         max_new_tokens=loaded.max_new_tokens, temperature=1.0)
 
 
-def agreement_figure(results, num_draws: int) -> Figure:
-    """Relative error and cosine of the K-draw average against K, and each method's per-draw variance."""
-    figure = Figure(figsize=(13, 4.1), layout="constrained")
+class DrawStatistics:
+    """What one sequence of N draws says about the 1/√K law, gathered draw by draw (`on_draw`).
+
+    block_rms[k]     √(mean over the ⌊N/k⌋ disjoint blocks of k draws of
+                     ‖ḡ_block − g_full‖²/‖g_full‖²):
+                     a direct measurement of the RMS error of a k-draw average, to hold against
+                     √(V/k). Only k = 2, 4, 8, … with at least MIN_BLOCKS blocks (fewer would be noise).
+    along_share      Σ_k (d_k·ĝ)² / Σ_k ‖d_k‖² with d_k = g_k − g_full, ĝ = g_full/‖g_full‖: how much
+                     of V lies along g_full (a step-size error) rather than across it (a turned
+                     direction). Near 1, the cosine stays near 1 however large the error is.
+
+    Memory: one [D] float64 vector per block size (log₂ N of them at most)."""
+
+    MIN_BLOCKS = 8
+
+    def __init__(self, full_gradient, num_draws: int):
+        self.full = full_gradient.to(torch.float64)
+        self.full_norm_sq = float(self.full @ self.full)
+        self.block_sizes = [2 ** p for p in range(1, 12) if num_draws // 2 ** p >= self.MIN_BLOCKS]
+        self.block_sums = {k: torch.zeros_like(self.full) for k in self.block_sizes}
+        self.block_errors: dict[int, list[float]] = {k: [] for k in self.block_sizes}
+        self.along, self.total = 0.0, 0.0
+
+    def on_draw(self, draw: int, gradient) -> None:
+        gradient = gradient.to(torch.float64)
+        deviation = gradient - self.full
+        self.along += float(deviation @ self.full) ** 2 / self.full_norm_sq
+        self.total += float(deviation @ deviation)
+        for k in self.block_sizes:
+            self.block_sums[k] += gradient
+            if draw % k == 0:
+                error = self.block_sums[k] / k - self.full
+                self.block_errors[k].append(float(error @ error) / self.full_norm_sq)
+                self.block_sums[k].zero_()
+
+    @property
+    def block_rms(self) -> dict[int, float]:
+        return {k: math.sqrt(sum(errors) / len(errors)) for k, errors in self.block_errors.items()
+                if len(errors) >= self.MIN_BLOCKS}
+
+    @property
+    def along_share(self) -> float:
+        return self.along / self.total if self.total > 0 else 0.0
+
+
+def agreement_figure(results, statistics) -> Figure:
+    """Relative error and 1 − cos of the K-draw average against K, and each method's per-draw variance."""
+    figure = Figure(figsize=(13, 4.6), layout="constrained")
     axes = figure.subplots(1, 3)
-    nat_results = [r for r in results if r.method != "full"]
-    budgets = sorted({r.budget for r in nat_results})
+    budgets = sorted({r.budget for r in results})
     styles = ["-", "--", "-.", ":"]
-    for result in nat_results:
+    for result, stats in zip(results, statistics):
         style = styles[budgets.index(result.budget) % len(styles)]
         color = method_color(result.method)
-        axes[0].plot(result.draws, result.relative_error, style, color=color, lw=2, label=result.label)
-        # What independent unbiased draws predict: √(V/K), V estimated from these same draws.
+        axes[0].plot(result.draws, result.relative_error, style, color=color, lw=1.6, label=result.label)
+        # What independent unbiased draws predict for the RMS error: √(V/K), V from these same draws.
         axes[0].plot(result.draws, [result.predicted_relative_error(k) for k in result.draws], color=color, lw=1,
-                     alpha=0.55, ls=(0, (1, 2)))
-        axes[1].plot(result.draws, result.cosine, style, color=color, lw=2, label=result.label)
-    if nat_results:
-        axes[0].plot([], [], color="#374151", lw=1, ls=(0, (1, 2)), label="√(V/K): the 1/√K law")
-    axes[0].set_xscale("log")
+                     alpha=0.6, ls=(0, (1, 2)))
+        blocks = stats.block_rms
+        if blocks:
+            axes[0].plot(list(blocks), list(blocks.values()), "o", color=color, ms=6, mfc="white", mew=1.6)
+        axes[1].plot(result.draws, [max(1 - c, 1e-16) for c in result.cosine], style, color=color, lw=1.6,
+                     label=result.label)
+    if results:
+        axes[0].plot([], [], color="#374151", lw=1, ls=(0, (1, 2)), label="√(V/K): predicted RMS error")
+        axes[0].plot([], [], "o", color="#374151", ms=6, mfc="white", mew=1.6,
+                     label="measured RMS error of disjoint K-draw averages")
     axes[0].set_yscale("log")
     axes[0].set_title("relative error ‖ḡ$_K$ − g$_{full}$‖ / ‖g$_{full}$‖")
-    axes[1].set_xscale("log")
-    axes[1].set_title("cosine(ḡ$_K$, g$_{full}$)")
-    lowest = min([min(r.cosine) for r in nat_results] + [0.99])
-    axes[1].set_ylim(lowest - 0.1 * (1 - lowest), 1 + 0.05 * (1 - lowest))
+    axes[1].set_yscale("log")
+    axes[1].set_title("1 − cos(ḡ$_K$, g$_{full}$)   (0: same direction)")
     for axis in axes[:2]:
+        axis.set_xscale("log")
         axis.set_xlabel("K = number of NAT draws averaged")
         axis.grid(alpha=0.25, which="both")
-    axes[0].legend(frameon=False, fontsize=9)
-    if nat_results:
-        variance_bars(axes[2], nat_results)
-    axes[2].set_title("per-draw variance E‖g$_k$ − g$_{full}$‖² / ‖g$_{full}$‖²")
+    if results:
+        variance_bars(axes[2], results)
+    axes[2].set_title("per-draw variance V = E‖g$_k$ − g$_{full}$‖² / ‖g$_{full}$‖²")
     axes[2].grid(alpha=0.25, axis="y")
+    legend_below(figure, axes[:2], columns=min(len(results) + 2, 4))
     return figure
 
 
-def variance_bars(axis, nat_results) -> None:
-    labels = [r.label for r in nat_results]
-    values = [r.per_draw_variance for r in nat_results]
-    bars = axis.bar(range(len(values)), values, color=[method_color(r.method) for r in nat_results], alpha=0.85)
-    for bar, result in zip(bars, nat_results):
-        axis.annotate(f"{result.kept_fraction:.0%} tokens", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+def variance_bars(axis, results) -> None:
+    labels = [r.label for r in results]
+    values = [r.per_draw_variance for r in results]
+    bars = axis.bar(range(len(values)), values, color=[method_color(r.method) for r in results], alpha=0.85)
+    for bar, result in zip(bars, results):
+        axis.annotate(f"kept {result.kept_fraction:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                       ha="center", va="bottom", fontsize=8, color="#374151")
     axis.set_xticks(range(len(values)), labels, rotation=20, ha="right", fontsize=9)
     if max(values) > 30 * max(min(values), 1e-300):  # orders of magnitude apart: bars on a log axis
         axis.set_yscale("log")
 
 
-def agreement_summary(results, batch_note: str) -> str:
-    rows = [batch_note, "", "| method | draws K | tokens per draw | per-draw variance V | error of one draw (√V, "
-            "RMS) | error of the K-draw average | predicted √(V/K) | cosine at K |",
-            "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        rows.append(f"| **{r.label}** | {r.num_draws} | {r.kept_fraction:.0%} | {r.per_draw_variance:.3g} | "
-                    f"{math.sqrt(r.per_draw_variance):.3f} | {r.relative_error[-1]:.3f} | "
-                    f"{r.predicted_relative_error(r.num_draws):.3f} | {r.cosine[-1]:.4f} |")
-    rows.append("\nEach NAT draw is an unbiased but noisy estimate of the full gradient; single draws vary a lot "
-                "(a lucky one can land close). Averaging K independent draws shrinks the error like √(V/K): the "
-                "dotted lines of slope −½ on the log-log plot, which the measured curves follow. The "
-                "per-draw variance V is the price of training on fewer tokens; in training one draw per step "
-                "adds V to the rollouts' own sampling noise.")
+def law_sentence(results, statistics) -> str:
+    """Whether the measured RMS errors of k-draw averages sit near √(V/k), in words that fit the numbers."""
+    ratios = [rms / result.predicted_relative_error(k) for result, stats in zip(results, statistics)
+              for k, rms in stats.block_rms.items()]
+    if not ratios:
+        return ("With fewer than 16 draws there are not enough disjoint groups to measure the RMS error of an "
+                "average; raise N to see the 1/√K law measured (the circles).")
+    low, high = min(ratios), max(ratios)
+    verdict = ("they sit close to the dotted lines" if 0.67 <= low and high <= 1.5 else
+               "they scatter around the dotted lines (an RMS over a few groups is itself noisy)")
+    return (f"The circles measure that RMS directly: the N draws are split into disjoint groups of k, each group "
+            f"averaged, and the RMS of their errors taken. Measured ÷ predicted lies between {low:.2f} and "
+            f"{high:.2f}: {verdict}.")
+
+
+def agreement_summary(results, statistics, batch_note: str) -> str:
+    rows = [batch_note, "", "| method | kept fraction | per-draw variance V | share of V along g<sub>full</sub> | "
+            "RMS error of disjoint k-draw averages: measured vs √(V/k) | error of the average of all N draws: "
+            "this sequence vs √(V/N) | 1 − cos at N |", "|---|---|---|---|---|---|---|"]
+    for r, stats in zip(results, statistics):
+        blocks = stats.block_rms
+        if blocks:
+            k = max(blocks)
+            block_text = (f"k = {k} ({len(stats.block_errors[k])} groups): {blocks[k]:.3f} vs "
+                          f"{r.predicted_relative_error(k):.3f}")
+        else:
+            block_text = "— (needs N ≥ 16)"
+        rows.append(f"| **{r.label}** | {r.kept_fraction:.2f} | {r.per_draw_variance:.3g} | "
+                    f"{stats.along_share:.1%} | {block_text} | N = {r.num_draws}: {r.relative_error[-1]:.3f} vs "
+                    f"{r.predicted_relative_error(r.num_draws):.3f} | {max(1 - r.cosine[-1], 0.0):.2e} |")
+    along = min((stats.along_share for stats in statistics), default=0.0)
+    rows.append(
+        "\nEach NAT draw is an unbiased but noisy estimate of the full gradient. For independent draws the "
+        "*root-mean-square* error of a K-draw average is √(V/K): the dotted lines of slope −½. "
+        + law_sentence(results, statistics) +
+        " The solid curve is one sequence of running averages, a single realisation that wanders around its RMS"
+        + (f": here at least {along:.0%} of V lies along g<sub>full</sub>, so the error is nearly one number (a "
+           "random step size, not a turned direction; hence 1 − cos stays tiny), and one average of K such "
+           "numbers can land far below or above √(V/K)." if along >= 0.5 else ".")
+        + " V is the price of training on fewer tokens; in training, one draw per step adds V to the "
+        "rollouts' own sampling noise.")
     return "\n".join(rows)
 
 
@@ -109,20 +191,30 @@ def batch_description(batch, prompts: int, size: int) -> tuple[str, int]:
     """(one sentence about the batch, how many groups mix right and wrong answers)."""
     groups = batch.rewards.view(-1, size)
     mixed = int((groups.max(dim=1).values > groups.min(dim=1).values).sum())
-    note = (f"Batch: {prompts} prompts × {size} responses, {int(batch.response_mask.sum()):,} "
-            f"response tokens, mean reward {float(batch.rewards.mean()):.2f}; {mixed} of "
-            f"{prompts} groups mix right and wrong answers (the others have Â = 0).")
+    if mixed == prompts:
+        groups_text = ("its group mixes" if prompts == 1 else f"all {prompts} groups mix") + " right and wrong answers"
+    else:
+        uniform = prompts - mixed
+        groups_text = (f"{mixed} of {counted(prompts, 'group')} {'mixes' if mixed == 1 else 'mix'} right and wrong "
+                       f"answers; in the other {counted(uniform, 'group')} every response gets the same reward, "
+                       f"so Â = 0 there and {'it adds' if uniform == 1 else 'they add'} nothing to the gradient")
+    note = (f"Batch: {prompts} prompts × {size} responses, {int(batch.response_mask.sum()):,} response tokens, "
+            f"mean reward {float(batch.rewards.mean()):.2f}; {groups_text}.")
     return note, mixed
 
 
-def result_numbers(results, prompts: int, size: int, mixed: int) -> dict:
+def result_numbers(results, statistics, prompts: int, size: int, mixed: int) -> dict:
     return {"batch": {"prompts": prompts, "group_size": size, "mixed_groups": mixed,
                       "full_gradient_norm": results[0].full_gradient_norm},
             "results": [{"method": r.method, "budget": r.budget, "label": r.label,
                          "cut_distribution": r.cut_distribution, "draws": r.draws,
                          "relative_error": r.relative_error, "cosine": r.cosine,
-                         "per_draw_variance": r.per_draw_variance, "kept_fraction": r.kept_fraction}
-                        for r in results]}
+                         "one_minus_cosine": [1 - c for c in r.cosine],
+                         "per_draw_variance": r.per_draw_variance, "kept_fraction": r.kept_fraction,
+                         "variance_share_along_full": stats.along_share,
+                         "block_rms_error": {str(k): v for k, v in stats.block_rms.items()},
+                         "predicted_rms_error": {str(k): r.predicted_relative_error(k) for k in stats.block_rms}}
+                        for r, stats in zip(results, statistics)]}
 
 
 def run_agreement(shared: Shared, model, prompts, size, shown, budget_text, draws, distribution, seed):
@@ -152,18 +244,19 @@ def run_agreement(shared: Shared, model, prompts, size, shown, budget_text, draw
             "every group in this batch has equal rewards, so every advantage Â is 0 and the GRPO "
             "gradient is zero: nothing to compare. Try another seed or more prompts."), stop
         return
-    results, runs = [], [(m, b) for m in shown for b in budgets]
+    results, statistics, runs = [], [], [(m, b) for m in shown for b in budgets]
     for index, (method, rho) in enumerate(runs):
         if stop.is_set():
             break
         yield *keep, note_box(f"Computing {method_label(method, rho)} ({index + 1} of {len(runs)}): "
                               f"{draws} NAT gradients…"), stop
+        statistics.append(DrawStatistics(full_gradient, draws))
         with loaded.lock:
             results.append(gradient_agreement(
                 loaded.model, *tensors, advantages, method, rho, draws, seed=seed, cut_distribution=distribution,
-                full_gradient=full_gradient, should_stop=stop.is_set))
-        yield (agreement_figure(results, max(r.num_draws for r in results)), agreement_summary(results, note),
-               result_numbers(results, prompts, size, mixed), "", stop)
+                full_gradient=full_gradient, on_draw=statistics[-1].on_draw, should_stop=stop.is_set))
+        yield (agreement_figure(results, statistics), agreement_summary(results, statistics, note),
+               result_numbers(results, statistics, prompts, size, mixed), "", stop)
     if stop.is_set():
         yield *keep, note_box(f"Stopped: showing the {len(results)} finished or partial curve(s)."), stop
 
@@ -171,8 +264,8 @@ def run_agreement(shared: Shared, model, prompts, size, shown, budget_text, draw
 def build_agreement_tab(shared: Shared) -> None:
     """The Gradient-agreement tab's controls and events (call inside `with gr.Tab(...)`)."""
     gr.Markdown("Sample a real batch, compute the full-token GRPO gradient g<sub>full</sub>, then N NAT "
-                "gradients g<sub>k</sub> (one per random selection). Their running average approaches "
-                "g<sub>full</sub> like 1/√K — NAT is unbiased; the per-draw variance is its price.")
+                "gradients g<sub>k</sub> (one per random selection). NAT is unbiased, so the root-mean-square "
+                "error of an average of K draws falls like 1/√K; the per-draw variance V is its price.")
     stop_state = gr.State(None)
     nat_methods = method_choices(include_full=False)
     with gr.Row():

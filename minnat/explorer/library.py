@@ -38,10 +38,12 @@ class LoadedModel:
 class ModelLibrary:
     """Loads models by name once and keeps the `capacity` most recently used.
 
+    `task` is the page's task: "embedded" means the tiny model shipped for it (`minnat.models`).
     Loading holds the library's lock, so two sessions asking for the same new model load it once."""
 
-    def __init__(self, capacity: int = 3):
+    def __init__(self, capacity: int = 3, task: str | None = None):
         self.capacity = capacity
+        self.task = task
         self.models: OrderedDict[str, LoadedModel] = OrderedDict()
         self.lock = threading.Lock()
 
@@ -54,7 +56,8 @@ class ModelLibrary:
             if name in self.models:
                 self.models.move_to_end(name)
                 return self.models[name]
-            model, tokenizer = load_model(name, device="cpu")  # raises ValueError with a readable sentence
+            # raises ValueError with a readable sentence when the model cannot be loaded
+            model, tokenizer = load_model(name, device="cpu", task=self.task)
             model.eval()
             generation_limit = getattr(model.generation_config, "max_new_tokens", None)
             loaded = LoadedModel(name, model, tokenizer, max_new_tokens=int(generation_limit or 128))

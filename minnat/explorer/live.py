@@ -9,9 +9,16 @@ sample alone (all of them see the same responses at step 1).
 After every step the page redraws: reward and greedy held-out accuracy, update-step time,
 response tokens trained on (NAT: Σ keep over the batch), and the activation memory held for
 backward (`minnat.measure.ActivationMeter`), with a table of what URS and RPC save against full.
+
+Temporary files. The Trainer writes each run (metrics.jsonl, samples.jsonl, a final checkpoint)
+under one `minnat-app-live-*` folder in the system's temp directory. Everything the page shows
+is kept in memory, so the folder is removed as soon as the last run's thread ends: when the
+runs finish, when Stop is pressed, when the tab is closed (the page's unload event stops the
+tab's runs) and, for anything still running, when the app exits (`LIVE_RUNS`, through atexit).
 """
 from __future__ import annotations
 
+import atexit
 import html
 import math
 import os
@@ -27,7 +34,7 @@ from matplotlib.figure import Figure
 from minnat.explorer.helpers import (chosen_methods, error_box, method_choices, method_name, note_box, show_error,
                                      whole_number)
 from minnat.explorer.library import Shared
-from minnat.explorer.style import method_color
+from minnat.explorer.style import legend_below, method_color, whole_number_ticks
 from minnat.nat import check_budget
 from minnat.train import TrainConfig, Trainer
 
@@ -79,7 +86,9 @@ class LiveRun:
 
     def __init__(self, configs: dict, folder: str):
         self.configs = configs
-        self.folder = folder  # the runs' output folders live under it
+        self.folder = folder  # the runs' output folders live under it; removed when the last thread ends
+        self.finished_threads = 0
+        self.finished_lock = threading.Lock()
         self.stop_event = threading.Event()
         self.turns = RoundRobin(list(configs), self.stop_event)
         self.updated = threading.Condition()
@@ -147,46 +156,97 @@ class LiveRun:
             self._publish(method, status="failed")
         finally:
             self.turns.leave(method)
+            self._thread_done()
             self._publish(method)
 
-    def cleanup(self) -> None:
+    def _thread_done(self) -> None:
+        """The last thread to end removes the runs' folder: the page keeps every number it shows."""
+        with self.finished_lock:
+            self.finished_threads += 1
+            last = self.finished_threads == len(self.threads)
+        if last:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop, wait up to `timeout` seconds for the threads to finish their step, and remove the folder."""
         self.stop()
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            if thread.ident is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class LiveRuns:
+    """The live runs of every tab, by session, so that closing a tab or the app stops them and removes
+    their folders. Sessions' runs are otherwise only reached through their own gr.State."""
+
+    def __init__(self):
+        self.runs: dict[str, list[LiveRun]] = {}
+        self.lock = threading.Lock()
+
+    def add(self, session: str, run: LiveRun) -> None:
+        with self.lock:
+            for name in list(self.runs):  # finished runs have removed their folders already: forget them
+                self.runs[name] = [old for old in self.runs[name] if old.running]
+                if not self.runs[name]:
+                    del self.runs[name]
+            self.runs.setdefault(session, []).append(run)
+
+    def stop_session(self, session: str) -> None:
+        """The tab closed: stop its runs (their last thread removes their folder)."""
+        with self.lock:
+            runs = self.runs.pop(session, [])
+        for run in runs:
+            run.stop()
+
+    def close_all(self) -> None:
+        """The app is exiting: stop every run and remove every folder."""
+        with self.lock:
+            runs = [run for session_runs in self.runs.values() for run in session_runs]
+            self.runs.clear()
+        for run in runs:
+            run.close(timeout=10.0)
+
+
+LIVE_RUNS = LiveRuns()
+atexit.register(LIVE_RUNS.close_all)
 
 
 # ----------------------------------------------------------------------------- the picture and the table
 
 def live_figure(run: LiveRun) -> Figure:
-    figure = Figure(figsize=(13, 6.4), layout="constrained")
+    """Four panels against the step (whole-number ticks), one colour per method, the legend below."""
+    figure = Figure(figsize=(13, 6.8), layout="constrained")
     axes = figure.subplots(2, 2).flatten()
     for method, records in run.records.items():
         color, name = method_color(method), method_name(method)
         steps = [r for r in records if r["step"] > 0]
         x = [r["step"] for r in steps]
         if steps:
-            axes[0].plot(x, [r["reward_mean"] for r in steps], "-", color=color, lw=1.6, alpha=0.8,
-                         label=f"{name} reward")
+            axes[0].plot(x, [r["reward_mean"] for r in steps], "-", color=color, lw=1.6, alpha=0.8)
             axes[1].plot(x, [r["update_seconds"] for r in steps], "-o", color=color, ms=3, lw=1.4, label=name)
-            axes[2].plot(x, [r.get("response_tokens_used") or 0 for r in steps], "-o", color=color, ms=3, lw=1.4,
-                         label=f"{name} trained on")
+            axes[2].plot(x, [r.get("response_tokens_used") or 0 for r in steps], "-o", color=color, ms=3, lw=1.4)
             if method == "full":
-                axes[2].plot(x, [r["response_tokens_generated"] for r in steps], ":", color="#9ca3af", lw=1.2,
-                             label="generated")
+                axes[2].plot(x, [r["response_tokens_generated"] for r in steps], ":", color="#9ca3af", lw=1.4,
+                             label="tokens generated (full's rollouts)")
             memory = [(r["step"], r["activation_bytes"] / 2**20) for r in steps if r.get("activation_bytes")]
             if memory:
                 axes[3].plot(*zip(*memory), "-o", color=color, ms=3, lw=1.4, label=name)
         accuracy = [(r["step"], r["eval_accuracy"]) for r in records if r.get("eval_accuracy") is not None]
         if accuracy:
-            axes[0].plot(*zip(*accuracy), "--s", color=color, ms=5, lw=1.2, label=f"{name} held-out accuracy")
-    titles = ["reward (solid) and greedy held-out accuracy (dashed)", "update-step time (s)",
-              "response tokens per step", "activation memory held for backward (MiB)"]
+            axes[0].plot(*zip(*accuracy), "--s", color=color, ms=5, lw=1.2)
+    if any(axis.lines for axis in axes):
+        axes[0].plot([], [], "--s", color="#374151", ms=5, lw=1.2, label="greedy held-out accuracy (dashed)")
+    titles = ["mean reward (solid) and greedy held-out accuracy (dashed)", "update-step time (s)",
+              "response tokens trained on per step", "activation memory held for backward (MiB)"]
     for axis, title in zip(axes, titles):
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("step")
         axis.grid(alpha=0.25)
-        if axis.lines:
-            axis.legend(frameon=False, fontsize=8)
+        whole_number_ticks(axis)
     axes[0].set_ylim(-0.03, 1.03)
+    legend_below(figure, [axes[1], axes[0], axes[2]])
     return figure
 
 
@@ -252,8 +312,9 @@ def live_summary(run: LiveRun) -> tuple[str, dict]:
         text += "\n\nSo far: " + "; ".join(savings) + "."
     for method, message in run.errors.items():
         text += "\n\n" + error_box(f"{method_name(method)} failed: {message}")
-    text += (f"\n\n<span class='nat-muted'>Runs (metrics.jsonl, samples.jsonl, final checkpoints) are written to "
-             f"<code>{html.escape(run.folder)}</code> and removed when you start a new run or close the tab.</span>")
+    text += (f"\n\n<span class='nat-muted'>While they train, the runs write metrics.jsonl, samples.jsonl and a "
+             f"final checkpoint under <code>{html.escape(run.folder)}</code>; the folder is removed when they end "
+             "(finished, stopped, tab closed or app exited). Every number shown here stays in the page.</span>")
     return text, numbers
 
 
@@ -294,10 +355,11 @@ def live_configs(shared: Shared, model_name: str, max_new_tokens: int, methods, 
     return configs
 
 
-def run_live(shared: Shared, model, shown, rho, steps, lr, batch_size, size, num_eval, eval_every, seed, previous):
+def run_live(shared: Shared, model, shown, rho, steps, lr, batch_size, size, num_eval, eval_every, seed, previous,
+             session: str):
     """Start button (a generator): yields (plot, table, numbers, status, run) after every step of any method."""
     if previous is not None:
-        previous.cleanup()
+        previous.stop()  # its folder goes when its threads end
     keep = (gr.update(), gr.update(), gr.update())
     try:
         methods, settings = check_live_settings(shared, shown, rho, steps, lr, batch_size, size, num_eval,
@@ -307,7 +369,8 @@ def run_live(shared: Shared, model, shown, rho, steps, lr, batch_size, size, num
         yield *keep, show_error(error), None
         return
     folder = tempfile.mkdtemp(prefix="minnat-app-live-")
-    run = LiveRun(live_configs(shared, loaded.name, loaded.max_new_tokens, methods, settings, folder), folder).start()
+    run = LiveRun(live_configs(shared, loaded.name, loaded.max_new_tokens, methods, settings, folder), folder)
+    LIVE_RUNS.add(session, run.start())
     yield *keep, note_box("Starting: each method loads its own copy of the model…"), run
     try:
         shown_steps = -1
@@ -319,7 +382,7 @@ def run_live(shared: Shared, model, shown, rho, steps, lr, batch_size, size, num
                 summary, numbers = live_summary(run)
                 status = " · ".join(f"{method_name(m)}: {s}" for m, s in run.status.items())
                 elapsed = time.perf_counter() - run.started
-                yield (live_figure(run), summary, {"summary": numbers, "records": run.records},
+                yield (live_figure(run), summary, {"summary": numbers, "records": run.records, "folder": run.folder},
                        note_box(f"{'Running' if alive else 'Done'} ({elapsed:.0f} s) — {status}"), run)
             if not alive:
                 break
@@ -329,12 +392,12 @@ def run_live(shared: Shared, model, shown, rho, steps, lr, batch_size, size, num
             run.stop()
 
 
-def build_live_tab(shared: Shared) -> None:
-    """The Live-training tab's controls and events (call inside `with gr.Tab(...)`)."""
+def build_live_tab(shared: Shared, demo: gr.Blocks) -> None:
+    """The Live-training tab's controls and events (call inside `with gr.Tab(...)`); closing the tab stops its runs."""
     gr.Markdown("Train full, URS and RPC side by side from the same model on the same questions. The "
                 "three runs take turns step by step, so they share the machine fairly. Same learning, "
                 "fewer tokens? (Greedy held-out accuracy is measured every few steps.)")
-    live_state = gr.State(None, delete_callback=lambda run: run.cleanup() if run is not None else None)
+    live_state = gr.State(None, delete_callback=lambda run: run.stop() if run is not None else None)
     with gr.Row():
         methods = gr.CheckboxGroup(method_choices(), value=[value for _, value in method_choices()],
                                    label="methods", info="each trains its own copy of the model")
@@ -357,9 +420,14 @@ def build_live_tab(shared: Shared) -> None:
     with gr.Accordion("step records as numbers", open=False):
         numbers = gr.JSON()
 
-    def start_clicked(model, shown, rho, num_steps, rate, batch_size, size, questions, every, seed_value, previous):
+    def start_clicked(model, shown, rho, num_steps, rate, batch_size, size, questions, every, seed_value, previous,
+                      request: gr.Request):
         yield from run_live(shared, model, shown, rho, num_steps, rate, batch_size, size, questions, every,
-                            seed_value, previous)
+                            seed_value, previous, request.session_hash if request else "")
+
+    def tab_closed(request: gr.Request):
+        if request is not None and request.session_hash:
+            LIVE_RUNS.stop_session(request.session_hash)
 
     def stop_clicked(run):
         if run is None:
@@ -371,3 +439,4 @@ def build_live_tab(shared: Shared) -> None:
                                  seed, live_state],
                  [plot, table, numbers, status, live_state], api_name="live_training", concurrency_limit=4)
     stop_button.click(stop_clicked, [live_state], [status], api_name="stop_live_training")
+    demo.unload(tab_closed)

@@ -67,7 +67,7 @@ def model_row(library: ModelLibrary, default_model: LoadedModel, task) -> gr.Sta
 def build_app(model_name: str = EMBEDDED_MODEL, task_name: str = DEFAULT_TASK, data_path: str | None = None,
               library: ModelLibrary | None = None) -> gr.Blocks:
     """The page. Loads `model_name` now (a clear ValueError if it cannot) and the task's prompts."""
-    library = library or ModelLibrary()
+    library = library or ModelLibrary(task=task_name)
     default_model = library.get(model_name)
     task = get_task(task_name, data_path=data_path, seed=0)
     with gr.Blocks(title="NAT explorer", analytics_enabled=False) as demo:
@@ -82,7 +82,7 @@ def build_app(model_name: str = EMBEDDED_MODEL, task_name: str = DEFAULT_TASK, d
             with gr.Tab("Gradient agreement", id="gradient"):
                 build_agreement_tab(shared)
             with gr.Tab("Live training", id="live"):
-                build_live_tab(shared)
+                build_live_tab(shared, demo)
     return demo
 
 

@@ -7,12 +7,15 @@ group with `minnat.nat.select_tokens`. Each response is shown once per method, t
     dropped token    pale; hovering shows the π_t it had and the weight it would have carried
 
 The table under the picture counts, for each method, the tokens trained on, the HT estimate
-Σ_{kept} 1/π_t of the number of response tokens (unbiased: its expectation is exactly Σ_i |o_i|),
+Σ_{kept} 1/π_t of the number of response tokens (one draw's value; its expectation over draws
+is exactly Σ_i |o_i|, the number of response tokens),
 and what `minnat.logprobs.response_logprobs` really gives the model for this draw: transformer
 positions (RPC: prompt + prefix only) and LM-head positions (URS and RPC: kept tokens only).
 
 The responses live in the tab's gr.State (`SampledGroup`), so *Draw again* and every control
-change re-draw the selection over the same responses without sampling them again.
+change re-draw the selection over the same responses without sampling them again. *Sample
+responses* draws fresh responses on every click unless a sampling seed is typed (the seed it
+used is shown, so a sample worth keeping can be had again).
 """
 from __future__ import annotations
 
@@ -24,14 +27,15 @@ from dataclasses import dataclass
 import gradio as gr
 import torch
 
-from minnat.explorer.helpers import (chosen_methods, method_choices, method_name, note_box, seeded, show_error,
-                                     significant, whole_number)
+from minnat.explorer.helpers import (MAX_SEED, chosen_methods, method_choices, method_name, note_box, seed_or_fresh,
+                                     seeded, show_error, significant, whole_number)
 from minnat.explorer.library import LoadedModel, Shared
 from minnat.explorer.style import TOKENS_CSS, method_color
 from minnat.logprobs import LogprobStats, response_logprobs
-from minnat.nat import RPC_CUT_DISTRIBUTIONS, check_budget, rpc_inclusion_probabilities, select_tokens
+from minnat.nat import (RPC_CUT_DISTRIBUTIONS, RPC_FLOOR_FRACTION, check_budget, rpc_inclusion_probabilities,
+                        select_tokens)
 from minnat.rollout import generate
-from minnat.tasks import Example
+from minnat.tasks import ArithmeticTask, Example
 
 MAX_GROUP_SIZE = 16
 NO_REFERENCE = "\0no reference"  # an answer no response can match: rewards of typed prompts show as —
@@ -51,6 +55,8 @@ class SampledGroup:
     token_texts: list             # per response, the text of each token
     special: list                 # per response, whether each token is a special token (EOS)
     truncated: list
+    sample_seed: int = 0          # the seed the responses were sampled with
+    sample_seed_fixed: bool = True  # typed by the user (False: a fresh random seed)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -58,15 +64,16 @@ class SampledGroup:
 def example_for_prompt(task, text: str) -> tuple[Example, bool]:
     """The task example a prompt belongs to, and whether its reference answer is known.
 
-    A prompt from the task's lists keeps its example; a typed `a+b` (or `a+b=`) on the arithmetic
-    task gets its exact sum as the answer; anything else has no reference (rewards show as —)."""
+    A prompt from the task's lists keeps its example; a typed `a+b` (or `a+b=`) on an addition
+    task (arithmetic, long-addition) gets its exact sum as the answer; anything else has no
+    reference (rewards show as —)."""
     text = (text or "").strip()
     if not text:
         raise ValueError("the prompt is empty: pick one of the task's prompts or type one (e.g. 4721+985=).")
     for example in task.eval_examples + task.train_examples[:200]:
         if task.prompt_text(example).strip() == text:
             return example, True
-    if task.name == "arithmetic":
+    if isinstance(task, ArithmeticTask):
         match = re.fullmatch(r"(\d{1,12})\s*\+\s*(\d{1,12})\s*=?", text)
         if match:
             left, right = int(match.group(1)), int(match.group(2))
@@ -75,7 +82,8 @@ def example_for_prompt(task, text: str) -> tuple[Example, bool]:
     return Example(question=text, answer=NO_REFERENCE), False
 
 
-def sample_group(loaded: LoadedModel, task, prompt: str, group_size: int, seed: int) -> SampledGroup:
+def sample_group(loaded: LoadedModel, task, prompt: str, group_size: int, seed: int,
+                 seed_fixed: bool = True) -> SampledGroup:
     """G responses to `prompt` at temperature 1, sampled under the model's lock with a fixed seed."""
     example, has_reference = example_for_prompt(task, prompt)
     with loaded.lock, seeded(seed):
@@ -91,7 +99,7 @@ def sample_group(loaded: LoadedModel, task, prompt: str, group_size: int, seed: 
         special.append([token in special_ids for token in ids])
     return SampledGroup(loaded.name, task.prompt_text(example), has_reference, batch.input_ids.cpu(),
                         batch.attention_mask.cpu(), batch.response_mask.cpu(), batch.rewards.tolist(), texts,
-                        special, batch.truncated.tolist())
+                        special, batch.truncated.tolist(), int(seed), seed_fixed)
 
 
 def draw_selections(group: SampledGroup, methods, budget: float, seed: int, cut_distribution: str) -> dict:
@@ -201,19 +209,22 @@ def response_card(group: SampledGroup, row: int, selections: dict, top: float) -
 def selection_table(group: SampledGroup, selections: dict, budget: float, loaded: LoadedModel | None) -> str:
     """Markdown: per method, tokens trained on, the HT token count, and what the model is given."""
     total = sum(len(tokens) for tokens in group.token_texts)
-    rows = ["| method | tokens trained on | kept fraction | largest weight | Σ weights of kept | transformer positions "
-            "| LM-head positions |", "|---|---|---|---|---|---|---|"]
+    rows = ["| method | tokens trained on | kept fraction | largest weight 1/π<sub>t</sub> | "
+            f"Σ 1/π<sub>t</sub> over kept tokens (its expectation: {total}, the response tokens) | "
+            "transformer positions | LM-head positions |", "|---|---|---|---|---|---|---|"]
     for method, selection in selections.items():
         kept = int(selection.keep.sum())
         stats = model_input_stats(loaded, group, selection)
         positions = f"{stats.real_tokens_to_model:,}" if stats else "—"
         head = f"{stats.positions_scored:,}" if stats else "—"
         target = "" if method == "full" else f" (ρ = {budget:g})"
-        rows.append(f"| **{method_name(method)}** | {kept} of {total} | {kept / max(total, 1):.0%}{target} | "
-                    f"{float(selection.weights.max()) if kept else 0:.3g} | {float(selection.weights.sum()):.1f} "
-                    f"(≈ {total}) | {positions} | {head} |")
+        rows.append(f"| **{method_name(method)}** | {kept} of {total} | {kept / max(total, 1):.2f}{target} | "
+                    f"{float(selection.weights.max()) if kept else 0:.3g} | {float(selection.weights.sum()):.1f} | "
+                    f"{positions} | {head} |")
     return "\n".join(rows) + (
-        "\n\n*Σ weights of kept* is the HT estimate of the token count: it averages to the true count over draws. "
+        f"\n\n*Σ 1/π<sub>t</sub> over kept tokens* is this draw's Horvitz–Thompson estimate of the number of "
+        f"response tokens: one draw's value lands above or below the true count, and its average over many draws "
+        f"is exactly {total}. "
         "*Transformer positions*: prompt + response tokens the rows need the transformer to run over (RPC: "
         "each response only up to its cut; micro-batches may add a little padding on top); "
         "*LM-head positions*: where the vocabulary projection and log-softmax run (URS and RPC: kept tokens only).")
@@ -226,11 +237,14 @@ def render_tokens(group: SampledGroup, methods, budget: float, seed: int, cut_di
     lengths = [len(tokens) for tokens in group.token_texts]
     top = color_scale_top(budget, selections, cut_distribution, lengths)
     cards, details = zip(*(response_card(group, row, selections, top) for row in range(len(lengths))))
+    how = "typed" if group.sample_seed_fixed else "fresh: type it as the sampling seed to get these responses again"
     prompt_line = (f"<div class='nat-prompt'>prompt <code>{html.escape(group.prompt)}</code> · "
-                   f"{len(lengths)} sampled responses · draw seed {int(seed)}</div>")
+                   f"{len(lengths)} sampled responses · sampling seed {group.sample_seed} ({how}) · "
+                   f"selection seed {int(seed)}</div>")
     page = f"<div class='nat-tokens'>{prompt_line}{legend_html(top, budget)}{''.join(cards)}</div>"
-    numbers = {"budget": budget, "seed": int(seed), "cut_distribution": cut_distribution, "prompt": group.prompt,
-               "responses": list(details)}
+    numbers = {"budget": budget, "seed": int(seed), "sampling_seed": group.sample_seed,
+               "sampling_seed_fixed": group.sample_seed_fixed, "cut_distribution": cut_distribution,
+               "prompt": group.prompt, "responses": list(details)}
     return page, selection_table(group, selections, budget, loaded), numbers
 
 
@@ -241,16 +255,17 @@ def sample_responses(shared: Shared, model, text, size, seed_sample, shown, rho,
     """Sample button: (page, table, numbers, status, group) or gr.update()s and an error box."""
     try:
         size = whole_number(size, "the number of responses G", 2, MAX_GROUP_SIZE)
-        seed_sample = whole_number(seed_sample, "the sampling seed", 0, 2**31 - 1)
+        seed_sample, seed_fixed = seed_or_fresh(seed_sample, "the sampling seed")
         rho = check_budget(rho)
         shown = chosen_methods(shown)
         if progress is not None:
             progress(0.1, desc="sampling responses")
         loaded = shared.session_model(model)
-        group = sample_group(loaded, shared.task, text, size, seed_sample)
+        group = sample_group(loaded, shared.task, text, size, seed_sample, seed_fixed)
         if progress is not None:
             progress(0.8, desc="drawing selections")
-        page, table, numbers = render_tokens(group, shown, rho, seed_draw or 0, distribution, loaded)
+        seed_draw = whole_number(seed_draw or 0, "the selection seed", 0, MAX_SEED)
+        page, table, numbers = render_tokens(group, shown, rho, seed_draw, distribution, loaded)
     except ValueError as error:
         return gr.update(), gr.update(), gr.update(), show_error(error), gr.update()
     note = "" if group.has_reference else note_box(
@@ -264,7 +279,7 @@ def redraw_selection(shared: Shared, model, group, shown, rho, seed_draw, distri
         return gr.update(), gr.update(), gr.update(), note_box("Sample responses first (the button above).")
     try:
         rho = check_budget(rho)
-        seed_draw = whole_number(seed_draw, "the selection seed", 0, 2**31 - 1)
+        seed_draw = whole_number(seed_draw, "the selection seed", 0, MAX_SEED)
         shown = chosen_methods(shown)
         try:
             loaded = shared.session_model(model)
@@ -290,14 +305,16 @@ def build_tokens_tab(shared: Shared, demo: gr.Blocks) -> None:
                              info="a held-out task prompt, or type your own (e.g. 4721+985=)")
         group_size = gr.Slider(2, MAX_GROUP_SIZE, value=8, step=1, label="responses G",
                                info="how many responses to sample for the prompt (a GRPO group)")
-        sample_seed = gr.Number(0, precision=0, label="sampling seed", info="fixes the sampled responses")
+        sample_seed = gr.Number(None, precision=0, label="sampling seed",
+                                info="empty: fresh responses on every click; a number fixes them")
     with gr.Row():
         methods = gr.CheckboxGroup(method_choices(), value=[value for _, value in method_choices()],
                                    label="methods", info="rows shown under each response")
         budget = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="budget ρ",
                            info="expected fraction of each response's tokens that is kept")
         cut = gr.Radio(list(RPC_CUT_DISTRIBUTIONS), value="uniform-floor", label="RPC cut distribution",
-                       info="uniform-floor caps weights at 1/(0.2ρ); power has no cap")
+                       info=f"uniform-floor keeps the whole response w.p. α = {RPC_FLOOR_FRACTION:g}ρ, so "
+                            "weights ≤ 1/α; power has no cap")
         draw_seed = gr.Number(0, precision=0, label="selection seed", info="fixes which tokens are kept")
     with gr.Row():
         sample_button = gr.Button("Sample responses", variant="primary")

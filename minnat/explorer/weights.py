@@ -7,7 +7,9 @@ For one response of L tokens at budget ρ, three panels against token position t
     (1/N) Σ_k keep_{k,t}/π_t  the mean weight over N simulated selections, with ±2 standard
                               errors 2·√((1 − π_t)/(π_t N)): it sits at 1 at every t
 
-for URS (π_t = ρ) and RPC with each cut distribution the library offers. The curves come from
+for URS (π_t = ρ) and RPC with each cut distribution the library offers: `uniform-floor`
+keeps the whole response with probability α = 0.2ρ (so π_t ≥ α and no weight exceeds 1/α),
+`power` has no floor (its last weight grows like L^((1−ρ)/ρ)). The curves come from
 `minnat.diagnostics.ht_weight_curves`, whose draws are made by `minnat.nat.select_tokens` itself,
 so this is exactly what training uses. Nothing here needs the model.
 """
@@ -18,7 +20,7 @@ from matplotlib.figure import Figure
 
 from minnat.diagnostics import ht_weight_curves
 from minnat.explorer.helpers import show_error, significant, whole_number
-from minnat.explorer.style import CUT_DISTRIBUTION_COLORS, method_color
+from minnat.explorer.style import CUT_DISTRIBUTION_COLORS, legend_below, method_color
 from minnat.nat import RPC_CUT_DISTRIBUTIONS, RPC_FLOOR_FRACTION, check_budget
 
 HT_TABLE_HEADERS = ["position t"] + [f"{name} {quantity}" for name in
@@ -37,7 +39,7 @@ def weight_curves(length: int, budget: float, num_draws: int, seed: int) -> list
 def weights_figure(curves, length: int, budget: float, num_draws: int) -> Figure:
     colors = [method_color("urs")] + [CUT_DISTRIBUTION_COLORS[d] for d in RPC_CUT_DISTRIBUTIONS]
     styles = ["-", "-", "--"]
-    figure = Figure(figsize=(13, 3.9), layout="constrained")
+    figure = Figure(figsize=(13, 4.3), layout="constrained")
     axes = figure.subplots(1, 3)
     for curve, color, style in zip(curves, colors, styles):
         positions = curve.positions.numpy()
@@ -58,24 +60,27 @@ def weights_figure(curves, length: int, budget: float, num_draws: int) -> Figure
     axes[1].set_title("HT weight 1/π$_t$ of a kept token")
     axes[2].set_title(f"mean weight over N = {num_draws:,} draws (±2 s.e.)")
     axes[2].set_ylim(0, 2.5)
-    axes[0].legend(frameon=False, fontsize=9)
+    legend_below(figure, axes)
     return figure
 
 
 def weights_summary(curves, length: int, budget: float) -> str:
-    rows = ["| scheme | expected kept tokens Σ<sub>t</sub> π<sub>t</sub> | kept in N draws | largest weight "
+    rows = ["| scheme | expected kept tokens Σ<sub>t</sub> π<sub>t</sub> | kept fraction over the N draws | "
+            "largest weight "
             "1/π<sub>L</sub> | mean weight's largest distance from 1 |", "|---|---|---|---|---|"]
     for curve in curves:
         sigmas = ((curve.mean_weight - 1).abs() / curve.standard_error.clamp(min=1e-300))
         sigmas = sigmas[curve.standard_error > 0]
         worst = f"{float(sigmas.max()):.1f} standard errors" if sigmas.numel() else "0 (exact)"
         rows.append(f"| {curve.label} | {curve.expected_kept_tokens:.1f} of {length} (ρL = {budget * length:.1f}) | "
-                    f"{curve.kept_fraction:.1%} | {float(curve.weight.max()):.4g} | {worst} |")
+                    f"{curve.kept_fraction:.3f} | {float(curve.weight.max()):.4g} | {worst} |")
+    floor = RPC_FLOOR_FRACTION * budget
     return "\n".join(rows) + (
         f"\n\nEvery scheme keeps about ρL tokens, but where: URS spreads them evenly (every weight 1/ρ = "
         f"{1 / budget:.3g}); RPC keeps early tokens always and late ones rarely, so late tokens carry large "
-        f"weights. The *uniform-floor* cut keeps the whole response with probability φρ = {RPC_FLOOR_FRACTION * budget:.3g}, "
-        f"capping weights at 1/(φρ); the *power* cut has no floor and its last weight grows like L^((1−ρ)/ρ). "
+        f"weights. The *uniform-floor* cut keeps the whole response with probability α = {RPC_FLOOR_FRACTION:g}ρ = "
+        f"{floor:.3g}, capping weights at 1/α = {1 / floor:.3g}; the *power* cut has no floor and its last weight "
+        f"grows like L^((1−ρ)/ρ). "
         f"Either way the mean weight stays at 1: that is what makes NAT unbiased. With few draws the rarely kept "
         f"positions average 0 most of the time and occasionally a huge weight, which is the variance NAT pays.")
 
@@ -99,7 +104,7 @@ def build_weights_tab(demo: gr.Blocks) -> None:
                 "every position — the unbiasedness NAT rests on.")
     with gr.Row():
         length = gr.Slider(2, 512, value=64, step=1, label="response length L", info="tokens in the response")
-        budget = gr.Slider(0.05, 1.0, value=0.3, step=0.05, label="budget ρ", info="expected kept fraction")
+        budget = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="budget ρ", info="expected kept fraction")
         num_draws = gr.Number(2000, precision=0, label="draws N",
                               info="simulated selections averaged in the right panel")
         seed = gr.Number(0, precision=0, label="seed", info="for the simulated draws")
