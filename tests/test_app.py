@@ -1,17 +1,25 @@
 """The Gradio explorer, end to end: each view's API through gradio_client, and the page in headless Chromium.
 
-The app runs in a background thread of this process on a free localhost port, with the embedded
-tiny Qwen3. Nothing here touches the network (gradio analytics are off, the browser is told not to
-phone home, and the page is served from 127.0.0.1).
+The app (`minnat.explorer`, launched by app.py) runs in a background thread of this process on a
+free localhost port, with the embedded tiny Qwen3 on the short-answer arithmetic task, which
+keeps this file quick (the trainer's default task has answers of hundreds of tokens). Nothing
+here touches the network (gradio analytics are off, the browser is told not to phone home, and
+the page is served from 127.0.0.1). Live-training folders must not outlive their runs: the
+server fixture fails if any `minnat-app-live-*` folder made during the module is left behind.
 """
+import glob
 import math
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import gradio as gr
 import pytest
 import torch
 
@@ -21,25 +29,48 @@ from gradio_client import Client  # noqa: E402
 
 import app  # noqa: E402
 from minnat.assets import TINY_QWEN3_DIR  # noqa: E402
+from minnat.explorer import agreement, weights  # noqa: E402
+from minnat.explorer import live as live_view  # noqa: E402  (`live` below starts a run)
+from minnat.train import TrainConfig  # noqa: E402
 
 from scripts.screenshots import CHROMIUM, CHROMIUM_ARGS, free_port  # noqa: E402  (one browser set-up)
 
 MODEL = "embedded"
+TASK = "arithmetic"
+LIVE_FOLDERS = os.path.join(tempfile.gettempdir(), "minnat-app-live-*")
+
+
+def wait_until(condition, timeout: float, step: float = 0.2) -> bool:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            return False
+        time.sleep(step)
+    return True
 
 
 @pytest.fixture(scope="module")
-def server():
+def app_server():
     if not (TINY_QWEN3_DIR / "model.safetensors").is_file():
         pytest.fail(f"the embedded model is missing from {TINY_QWEN3_DIR}; build it with "
                     "`python scripts/make_tiny_model.py`.")
+    folders_before = set(glob.glob(LIVE_FOLDERS))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny model: one thread is fastest and leaves the other core to the test
     port = free_port()
-    demo = app.build_app(MODEL)
+    demo = app.build_app(MODEL, task_name=TASK)
     app.launch(demo, port=port, block=False, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", demo=demo)
     demo.close()
     torch.set_num_threads(threads)
+    # Every run has ended (finished or stopped) by now, and each removes its folder as it ends.
+    assert wait_until(lambda: not set(glob.glob(LIVE_FOLDERS)) - folders_before, timeout=60), \
+        f"live-training folders left behind: {sorted(set(glob.glob(LIVE_FOLDERS)) - folders_before)}"
+
+
+@pytest.fixture(scope="module")
+def server(app_server):
+    return app_server.url
 
 
 @pytest.fixture
@@ -89,6 +120,21 @@ def test_tokens_view_keeps_about_rho_with_weights_one_over_pi(client):
     # The page shows kept and dropped tokens, with the rewards, and the summary counts the kept tokens.
     assert page.count("tok kept") >= total and "tok dropped" in page and "reward" in page
     assert f"{kept['urs']} of {total}" in table and f"{kept['rpc']} of {total}" in table
+    # The HT token count is labelled as what it is, with its expectation, not as "≈" the count.
+    assert f"Σ 1/π<sub>t</sub> over kept tokens (its expectation: {total}, the response tokens)" in table
+    assert "≈" not in table and "Σ weights" not in table
+    assert "sampling seed 0 (typed)" in page
+
+
+def test_sample_without_a_seed_draws_fresh_responses_and_shows_the_seed(client):
+    _, _, first, _ = sample(client, sample_seed=None, group_size=4)
+    _, _, second, _ = sample(client, sample_seed=None, group_size=4)
+    assert not first["sampling_seed_fixed"] and not second["sampling_seed_fixed"]
+    assert first["sampling_seed"] != second["sampling_seed"]
+    # The seed the page reports gives exactly those responses back when typed.
+    page, _, again, _ = sample(client, sample_seed=first["sampling_seed"], group_size=4)
+    assert again["sampling_seed_fixed"] and f"sampling seed {first['sampling_seed']} (typed)" in page
+    assert [r["tokens"] for r in again["responses"]] == [r["tokens"] for r in first["responses"]]
 
 
 def test_draw_again_redraws_the_selection_without_resampling(client):
@@ -140,6 +186,51 @@ def test_two_sessions_keep_their_own_responses(server):
 # ----------------------------------------------------------------------------- HT weights
 
 
+def test_views_share_one_default_budget_and_name_the_floor_alpha(app_server, client):
+    budgets = [block.value for block in app_server.demo.blocks.values()
+               if isinstance(block, gr.Slider) and block.label == "budget ρ"]
+    assert len(budgets) == 3 and set(budgets) == {0.5}  # Tokens, HT weights, Live training
+    _, summary, _, _ = client.predict(64, 0.5, 100, 0, api_name="/ht_weights")
+    assert "α = 0.2ρ = 0.1" in summary and "1/α = 10" in summary and "φ" not in summary
+
+
+def test_eight_concurrent_clients_on_tokens_and_ht_weights_each_get_their_own_answer(server):
+    """8 browser sessions at once: each samples its own prompt and plots its own curves, then redraws."""
+    cases = [dict(prompt=f"{11 * (i + 2)}+{7 * (i + 3)}=", size=2 + i % 3, length=20 + 4 * i,
+                  budget=round(0.3 + 0.05 * i, 2)) for i in range(8)]
+    answers, errors = {}, []
+
+    def session(i, case):
+        try:
+            client = Client(server, verbose=False)
+            _, _, numbers, status = sample(client, prompt=case["prompt"], group_size=case["size"], sample_seed=i)
+            _, summary, frame, weights_status = client.predict(case["length"], case["budget"], 500, i,
+                                                               api_name="/ht_weights")
+            redrawn = client.predict(["full", "urs"], case["budget"], 3, "uniform-floor", api_name="/draw_again")
+            answers[i] = (numbers, status, frame, weights_status, redrawn)
+        except Exception as error:  # noqa: BLE001 — reported with its session below
+            errors.append((i, repr(error)))
+
+    threads = [threading.Thread(target=session, args=(i, case)) for i, case in enumerate(cases)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors and len(answers) == 8, errors
+    for i, case in enumerate(cases):
+        numbers, status, frame, weights_status, redrawn = answers[i]
+        assert status == "" and weights_status == ""
+        assert numbers["prompt"] == case["prompt"] and len(numbers["responses"]) == case["size"]
+        assert numbers["sampling_seed"] == i
+        headers, rows = frame["headers"], frame["data"]
+        assert len(rows) == case["length"]
+        pi = [row[headers.index("URS π")] for row in rows]
+        assert set(pi) == {case["budget"]}
+        seed, _, _, numbers_again, _ = redrawn
+        assert seed == 4 and numbers_again["prompt"] == case["prompt"]
+        assert [r["tokens"] for r in numbers_again["responses"]] == [r["tokens"] for r in numbers["responses"]]
+
+
 def test_ht_weights_view_shows_one_over_pi_and_mean_weights_at_one(client):
     plot, summary, frame, status = client.predict(48, 0.3, 3000, 0, api_name="/ht_weights")
     assert status == "" and plot["type"] == "matplotlib" and plot["plot"].startswith("data:image/png")
@@ -183,7 +274,34 @@ def test_gradient_agreement_view_error_falls_with_k(client):
         assert errors[-1] < 4 * math.sqrt(variance / 24)
         assert result["cosine"][-1] > 0.9
         assert abs(result["kept_fraction"] - 0.5) < 0.15
+        # The 1/√K law is checked as a law about the RMS: 24 draws make 12 disjoint pairs, and the RMS
+        # error of the pair averages is close to √(V/2) (12 pairs: a loose factor-of-2.5 band).
+        assert list(result["block_rms_error"]) == ["2"]
+        ratio = result["block_rms_error"]["2"] / result["predicted_rms_error"]["2"]
+        assert 0.4 < ratio < 2.5, ratio
+        assert 0 <= result["variance_share_along_full"] <= 1
     assert "URS ρ=0.5" in table and "RPC ρ=0.5" in table
+    # 1 − cos in scientific notation (the cosine itself would print 1.0000 in every row), and no claim
+    # that one sequence "follows" the law.
+    assert len(re.findall(r"\| \d\.\d\de-\d\d \|", table)) == 2
+    assert "follow" not in table and "Measured ÷ predicted lies between" in table
+
+
+@pytest.mark.parametrize("rewards, expected", [
+    ([[1, 0], [0, 1], [1, 1], [0, 0]], "2 of 4 groups mix right and wrong answers; in the other 2 groups every "
+                                       "response gets the same reward, so Â = 0 there and they add nothing"),
+    ([[1, 0], [0, 0], [1, 1], [0, 0]], "1 of 4 groups mixes right and wrong answers; in the other 3 groups"),
+    ([[1, 0], [1, 1]], "1 of 2 groups mixes right and wrong answers; in the other 1 group every response gets "
+                       "the same reward, so Â = 0 there and it adds nothing"),
+    ([[1, 0], [0, 1]], "all 2 groups mix right and wrong answers."),
+    ([[1, 0]], "its group mixes right and wrong answers."),
+])
+def test_gradient_agreement_batch_sentence_is_true_in_every_case(rewards, expected):
+    batch = SimpleNamespace(rewards=torch.tensor(rewards, dtype=torch.float).flatten(),
+                            response_mask=torch.ones(len(rewards) * 2, 3, dtype=torch.bool))
+    note, mixed = agreement.batch_description(batch, len(rewards), 2)
+    assert expected in note and mixed == sum(1 for group in rewards if len(set(group)) > 1)
+    assert "the others have" not in note
 
 
 def test_gradient_agreement_bad_input_and_stop(client):
@@ -237,6 +355,8 @@ def test_live_training_runs_all_three_methods_with_finite_metrics(client):
         assert summary[method]["tokens_used"] < summary[method]["tokens_generated"]
     assert summary["rpc"]["activation_mib"] < summary["full"]["activation_mib"]
     assert "vs full" in table and "full" in table
+    # The runs' folder went with the runs.
+    assert numbers["folder"].startswith(tempfile.gettempdir()) and not os.path.exists(numbers["folder"])
 
 
 def test_live_training_stops_when_asked_and_rejects_bad_settings(client):
@@ -254,6 +374,51 @@ def test_live_training_stops_when_asked_and_rejects_bad_settings(client):
     assert "Done" in status
     assert all(result["status"] == "stopped" for result in numbers["summary"].values())
     assert all(result["steps"] < 50 for result in numbers["summary"].values())
+    assert not os.path.exists(numbers["folder"])
+
+
+def test_live_training_folders_go_when_the_app_exits_mid_run(tmp_path):
+    """A run still training when the process exits: the atexit hook stops it and removes its folder."""
+    script = tmp_path / "exit_mid_run.py"
+    script.write_text(
+        "import sys, time, torch\n"
+        "torch.set_num_threads(1)\n"
+        "from minnat.explorer.library import ModelLibrary, Shared\n"
+        "from minnat.explorer.live import run_live\n"
+        "from minnat.tasks import get_task\n"
+        "library = ModelLibrary(task='arithmetic')\n"
+        "shared = Shared(library, library.get('embedded'), get_task('arithmetic'), 'arithmetic', None, None)\n"
+        "updates = run_live(shared, None, ['rpc'], 0.5, 100, 3e-4, 8, 4, 4, 0, 0, None, 'session')\n"
+        "for *_, run in updates:\n"
+        "    if run is not None and run.records['rpc']:\n"
+        "        print(run.folder, flush=True)\n"
+        "        sys.exit(0)  # leaves the generator and the training thread mid-run\n")
+    result = subprocess.run([sys.executable, str(script)], cwd=Path(app.__file__).parent, capture_output=True,
+                            text=True, timeout=180, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    folder = result.stdout.strip().splitlines()[-1]
+    assert "minnat-app-live-" in folder and not os.path.exists(folder)
+
+
+def test_plots_keep_legends_off_the_data_and_steps_whole():
+    run = SimpleNamespace(records={
+        "full": [{"step": 0, "eval_accuracy": 0.2}] + [
+            {"step": s, "reward_mean": 0.1 * s, "update_seconds": 0.1, "response_tokens_used": 100,
+             "response_tokens_generated": 100, "activation_bytes": 2**20, "eval_accuracy": None} for s in (1, 2, 3)],
+        "rpc": [{"step": 0, "eval_accuracy": 0.2}] + [
+            {"step": s, "reward_mean": 0.1 * s, "update_seconds": 0.05, "response_tokens_used": 50,
+             "response_tokens_generated": 100, "activation_bytes": 2**19, "eval_accuracy": None} for s in (1, 2, 3)]})
+    figure = live_view.live_figure(run)
+    figure.canvas.draw()
+    for axis in figure.axes:
+        assert axis.get_legend() is None  # one legend, under the panels
+        ticks = [tick for tick in axis.get_xticks() if axis.get_xlim()[0] <= tick <= axis.get_xlim()[1]]
+        assert ticks and all(float(tick).is_integer() for tick in ticks), ticks
+    assert len(figure.legends) == 1
+    labels = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert {"full", "RPC", "greedy held-out accuracy (dashed)"} <= set(labels)
+    figure, _, _ = weights.ht_weights_view(32, 0.5, 50, 0)
+    assert all(axis.get_legend() is None for axis in figure.axes) and len(figure.legends) == 1
 
 
 # ----------------------------------------------------------------------------- the page in Chromium
@@ -285,6 +450,30 @@ def test_page_in_headless_chromium_shows_highlighted_tokens(server, tmp_path):
             shot = tmp_path / "tokens.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 20_000
+
+            # Each view answers in the page.
+            page.get_by_role("tab", name="HT weights").click()
+            page.locator("#nat-weights-table").filter(has_text="uniform-floor").wait_for(timeout=60_000)
+            assert "α = 0.2ρ" in page.locator("#nat-weights-table").inner_text()
+            page.get_by_role("tab", name="Gradient agreement").click()
+            draws = page.get_by_label("draws N (largest K)")
+            draws.fill("4")
+            draws.press("Enter")
+            page.get_by_role("button", name="Compute").click()
+            page.locator("#nat-agreement-table").filter(has_text="RPC ρ=0.5").wait_for(timeout=120_000)
+
+            # Closing the tab mid-run stops its live training and removes the run's folder.
+            page.get_by_role("tab", name="Live training").click()
+            steps = page.get_by_label("steps", exact=True)
+            steps.fill("100")
+            steps.press("Enter")
+            page.get_by_role("button", name="Start").click()
+            folder_text = page.locator("#nat-live-table code").first
+            folder_text.wait_for(timeout=120_000)
+            folder = folder_text.inner_text().strip()
+            assert "minnat-app-live-" in folder and os.path.isdir(folder)
+            page.close()
+            assert wait_until(lambda: not os.path.exists(folder), timeout=90), f"{folder} outlived its tab"
         finally:
             browser.close()
 
@@ -295,3 +484,11 @@ def test_command_line_refuses_an_unloadable_model_with_a_sentence():
     assert result.returncode == 2
     assert "error: the model folder '/no/such/folder' does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_app_serves_the_trainers_default_task_and_lists_the_librarys_tasks():
+    from minnat.tasks import TASKS
+
+    assert app.parse_args([]).task == TrainConfig().task
+    for name in TASKS:
+        assert app.parse_args(["--task", name]).task == name
