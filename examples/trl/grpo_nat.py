@@ -44,6 +44,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps (one generation batch each)")
     parser.add_argument("--prompts-per-step", type=int, default=8, help="prompts per process per step")
     parser.add_argument("--group-size", type=int, default=8, help="G, responses per prompt")
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1,
+                        help="split each step's responses into this many backward passes (less memory)")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--beta", type=float, default=0.0, help="k3 KL coefficient (loads a reference model)")
@@ -62,6 +64,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 def config_from(arguments: argparse.Namespace) -> NATGRPOConfig:
     on_gpu = torch.cuda.is_available()
+    responses = arguments.prompts_per_step * arguments.group_size
+    if responses % arguments.gradient_accumulation_steps:
+        raise SystemExit(f"--prompts-per-step × --group-size = {responses} responses must split evenly into "
+                         f"--gradient-accumulation-steps {arguments.gradient_accumulation_steps}.")
     vllm = {}
     if arguments.vllm:
         # vLLM samples from a slightly different numerical policy; TRL corrects it per token, which
@@ -73,7 +79,8 @@ def config_from(arguments: argparse.Namespace) -> NATGRPOConfig:
         nat_method=arguments.method, nat_budget=arguments.budget, nat_cut_distribution=arguments.cut_distribution,
         loss_type=arguments.loss_type, beta=arguments.beta, num_iterations=arguments.num_iterations,
         max_steps=arguments.steps, learning_rate=arguments.learning_rate,
-        per_device_train_batch_size=arguments.prompts_per_step * arguments.group_size,
+        per_device_train_batch_size=responses // arguments.gradient_accumulation_steps,
+        gradient_accumulation_steps=arguments.gradient_accumulation_steps,
         num_generations=arguments.group_size, max_completion_length=arguments.max_new_tokens,
         temperature=arguments.temperature, top_k=0, gradient_checkpointing=arguments.gradient_checkpointing,
         logging_steps=1, save_strategy="no", report_to="none", **vllm)

@@ -51,11 +51,15 @@ or scaling). Not computed: TRL's `entropy` metric (it would need the full logits
 `nat/kept_fraction`, `nat/max_ht_weight` and `nat/tokens_to_model` instead.
 
 Distributed: the update's forward runs through the model as TRL's accelerator wrapped it (DDP,
-DeepSpeed, FSDP): the wrapped module's `forward` is swapped, for that one call, for
-`response_logprobs`, so the wrapper's own forward (DDP's gradient-sync bookkeeping, ZeRO-3's
-parameter gathering) runs as usual. Each rank draws its own selection from its own generator.
+DeepSpeed ZeRO-1/2): the wrapped module's `forward` is swapped, for that one call, for
+`response_logprobs`, so the wrapper's own forward (DDP's gradient-sync bookkeeping) runs as
+usual — calling the inner module directly would skip DDP's all-reduce and let ranks drift apart.
+Each rank draws its own selection from its own generator. DeepSpeed ZeRO-3 and FSDP are refused
+for now: they shard `lm_head.weight` outside the head's own forward, and minnat's tiled LM head
+(`minnat.logprobs.TiledHeadLogprob`) reads the weight directly.
 
-Two helpers build what `minnat.bench` needs to time TRL's update step without a dataset:
+`task_dataset` and `task_reward` turn a minnat task into TRL's dataset and reward function. Two
+helpers build what `minnat.bench` needs to time TRL's update step without a dataset:
 `build_trainer_for_loss` and `trl_inputs_from_generate_batch`.
 """
 from __future__ import annotations
@@ -158,8 +162,18 @@ def unsupported_settings(args: GRPOConfig) -> list[str]:
 
 
 def unsupported_model(trainer: GRPOTrainer) -> list[str]:
-    """Why the trainer's model cannot be scored exactly by `response_logprobs`, if it cannot."""
+    """Why the trainer's model (or the way accelerate shards it) cannot be scored by `response_logprobs`."""
     problems = []
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    if getattr(trainer, "is_deepspeed_enabled", False) and plugin is not None and plugin.zero_stage == 3:
+        problems.append("DeepSpeed ZeRO-3 is not supported yet: minnat's tiled LM head reads lm_head.weight "
+                        "directly (in forward and in its recomputing backward), and ZeRO-3 keeps that weight "
+                        "sharded outside the head's own forward. Use ZeRO-2 "
+                        "(examples/trl/accelerate/zero2.yaml) or DDP (examples/trl/accelerate/ddp.yaml).")
+    if getattr(trainer, "is_fsdp_enabled", False):
+        problems.append("FSDP is not supported yet: it shards lm_head.weight outside the head's own forward, and "
+                        "minnat's tiled LM head reads the weight directly. Use DeepSpeed ZeRO-2 "
+                        "(examples/trl/accelerate/zero2.yaml) or DDP (examples/trl/accelerate/ddp.yaml).")
     text_config = trainer.model.config.get_text_config()
     if trainer._is_vlm:
         problems.append("vision-language models are not supported: minnat's log-prob path feeds the language "
@@ -211,7 +225,7 @@ class NATGRPOTrainer(GRPOTrainer):
         super().__init__(model, reward_funcs, args, *positional, **keyword)
         problems = unsupported_model(self)
         if problems:
-            raise ValueError("NATGRPOTrainer cannot train this model: " + " ".join(problems))
+            raise ValueError("NATGRPOTrainer cannot train this model or set-up: " + " ".join(problems))
         seed = args.seed if args.nat_seed is None else args.nat_seed
         self.nat_generator = torch.Generator().manual_seed(seed + self.accelerator.process_index)
         # vLLM's sequence-level correction multiplies each response's loss by a ratio over ALL its tokens:
@@ -470,7 +484,9 @@ def build_trainer_for_loss(model, tokenizer, *, nat_method: str | None = "rpc", 
                  autocast unless the model is bfloat16, CPU when the model is on CPU, no logging.
 
     `current_gradient_accumulation_steps` is set to 1 (TRL's Trainer loop sets it otherwise). TRL
-    patches `model.forward` in place (its fused LM head); one model can serve several trainers.
+    patches `model.forward` in place (its fused LM head); one model can serve several trainers, but
+    deep-copy a model BEFORE handing it to a trainer: the patch's closure keeps the original, so a
+    copy made afterwards would still run (and generate with) the original's weights.
     The output folder is a temporary one, removed when the trainer is garbage-collected.
     Build the inputs with `trl_inputs_from_generate_batch`.
     """
