@@ -1,11 +1,14 @@
 """Screenshots of the four views of the NAT explorer, taken with headless Chromium.
 
     python scripts/screenshots.py                     # embedded model -> docs/images/app_*.png
+    python scripts/screenshots.py --task arithmetic   # the short-answer task instead of the default
     python scripts/screenshots.py --model runs/x/checkpoints/step-000060 --out /tmp/shots
 
-Starts the app on a free localhost port in this process, opens it in Chromium (Debian's
-/usr/bin/chromium through Playwright; no network needed), runs each view once with its
-default settings (live training with a few steps) and saves one PNG per view.
+Starts the app (`minnat.explorer`) on a free localhost port in this process, opens it in
+Chromium (Debian's /usr/bin/chromium through Playwright; no network needed), runs each view
+once with its default settings (the Tokens view with a typed sampling seed, so the picture can
+be reproduced; live training with a few steps) and saves one PNG per view. The live run's
+temporary folder is removed when it ends, like any run of the page.
 """
 from __future__ import annotations
 
@@ -44,9 +47,18 @@ def wait_for_text(page, selector: str, text: str, timeout_s: float) -> None:
     page.locator(selector).filter(has_text=text).first.wait_for(state="visible", timeout=timeout_s * 1000)
 
 
+def wait_until_idle(page, timeout_s: float = 600) -> None:
+    """Wait until no event is processing (gradio shows "processing | …s" over a busy output)."""
+    page.wait_for_function("() => !document.body.innerText.includes('processing |')", timeout=timeout_s * 1000)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="embedded", help="model for the app (default: embedded)")
+    parser.add_argument("--model", default="embedded", help="model for the app (default: %(default)s)")
+    parser.add_argument("--task", default=None,
+                        help="task for the app (default: the trainer's default task, as `python app.py`)")
+    parser.add_argument("--sampling-seed", type=int, default=0,
+                        help="sampling seed typed into the Tokens view (default: %(default)s)")
     parser.add_argument("--out", default=str(REPO_ROOT / "docs" / "images"), help="folder for the PNG files")
     parser.add_argument("--live-steps", type=int, default=12, help="GRPO steps per method in the live view")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -55,26 +67,30 @@ def main(argv=None) -> int:
     import torch
     from playwright.sync_api import sync_playwright
 
-    import app
+    from minnat.explorer import build_app, launch
+    from minnat.explorer.page import DEFAULT_TASK
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    demo = app.build_app(args.model)
-    app.launch(demo, port=port, block=False, quiet=True)
+    demo = build_app(args.model, args.task or DEFAULT_TASK)
+    launch(demo, port=port, block=False, quiet=True)
     url = f"http://127.0.0.1:{port}/"
     try:
         with sync_playwright() as playwright:
             browser = open_browser(playwright)
             page = browser.new_page(viewport={"width": 1400, "height": 1000}, device_scale_factor=1)
             page.goto(url)
-            # Tokens: the page samples a group on load; click to show the button works, then capture.
+            # Tokens: the page samples a group on load; type the sampling seed, sample, then capture.
             wait_for_text(page, "#nat-tokens", "response 1", 120)
+            seed = page.get_by_label("sampling seed", exact=True)
+            seed.fill(str(args.sampling_seed))
+            seed.press("Enter")
             page.get_by_role("button", name="Sample responses").click()
-            page.wait_for_timeout(500)
-            wait_for_text(page, "#nat-tokens", "response 1", 120)
+            wait_for_text(page, "#nat-tokens .nat-prompt", f"sampling seed {args.sampling_seed} (typed)", 300)
             page.wait_for_timeout(800)
+            wait_until_idle(page)
             page.screenshot(path=str(out / "app_tokens.png"), full_page=True)
             print("wrote", out / "app_tokens.png")
 
@@ -82,13 +98,15 @@ def main(argv=None) -> int:
             page.get_by_role("button", name="Plot").click()
             wait_for_text(page, "#nat-weights-table", "uniform-floor", 60)
             page.wait_for_timeout(1500)
+            wait_until_idle(page)
             page.screenshot(path=str(out / "app_ht_weights.png"), full_page=True)
             print("wrote", out / "app_ht_weights.png")
 
             open_tab(page, "Gradient agreement")
             page.get_by_role("button", name="Compute").click()
-            wait_for_text(page, "#nat-agreement-table", "RPC ρ=0.5", 600)
+            wait_for_text(page, "#nat-agreement-table", "RPC ρ=0.5", 1200)
             page.wait_for_timeout(2500)
+            wait_until_idle(page)
             page.screenshot(path=str(out / "app_gradient_agreement.png"), full_page=True)
             print("wrote", out / "app_gradient_agreement.png")
 
@@ -101,6 +119,7 @@ def main(argv=None) -> int:
             wait_for_text(page, "#nat-live-status", "Done (", 1800)
             print(f"live training took {time.time() - started:.0f} s")
             page.wait_for_timeout(2500)
+            wait_until_idle(page)
             page.screenshot(path=str(out / "app_live_training.png"), full_page=True)
             print("wrote", out / "app_live_training.png")
             browser.close()

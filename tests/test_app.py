@@ -121,7 +121,8 @@ def test_tokens_view_keeps_about_rho_with_weights_one_over_pi(client):
     assert page.count("tok kept") >= total and "tok dropped" in page and "reward" in page
     assert f"{kept['urs']} of {total}" in table and f"{kept['rpc']} of {total}" in table
     # The HT token count is labelled as what it is, with its expectation, not as "≈" the count.
-    assert f"Σ 1/π<sub>t</sub> over kept tokens (its expectation: {total}, the response tokens)" in table
+    assert f"Σ 1/π<sub>t</sub> over kept tokens (expectation: {total})" in table
+    assert f"estimate of the number of response tokens, {total}" in table
     assert "≈" not in table and "Σ weights" not in table
     assert "sampling seed 0 (typed)" in page
 
@@ -388,7 +389,7 @@ def test_live_training_folders_go_when_the_app_exits_mid_run(tmp_path):
         "from minnat.tasks import get_task\n"
         "library = ModelLibrary(task='arithmetic')\n"
         "shared = Shared(library, library.get('embedded'), get_task('arithmetic'), 'arithmetic', None, None)\n"
-        "updates = run_live(shared, None, ['rpc'], 0.5, 100, 3e-4, 8, 4, 4, 0, 0, None, 'session')\n"
+        "updates = run_live(shared, None, ['rpc'], 0.5, 100, 3e-4, 4, 2, 1, 0, 0, None, 'session')\n"
         "for *_, run in updates:\n"
         "    if run is not None and run.records['rpc']:\n"
         "        print(run.folder, flush=True)\n"

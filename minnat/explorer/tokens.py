@@ -210,7 +210,7 @@ def selection_table(group: SampledGroup, selections: dict, budget: float, loaded
     """Markdown: per method, tokens trained on, the HT token count, and what the model is given."""
     total = sum(len(tokens) for tokens in group.token_texts)
     rows = ["| method | tokens trained on | kept fraction | largest weight 1/π<sub>t</sub> | "
-            f"Σ 1/π<sub>t</sub> over kept tokens (its expectation: {total}, the response tokens) | "
+            f"Σ 1/π<sub>t</sub> over kept tokens (expectation: {total}) | "
             "transformer positions | LM-head positions |", "|---|---|---|---|---|---|---|"]
     for method, selection in selections.items():
         kept = int(selection.keep.sum())
@@ -223,8 +223,8 @@ def selection_table(group: SampledGroup, selections: dict, budget: float, loaded
                     f"{positions} | {head} |")
     return "\n".join(rows) + (
         f"\n\n*Σ 1/π<sub>t</sub> over kept tokens* is this draw's Horvitz–Thompson estimate of the number of "
-        f"response tokens: one draw's value lands above or below the true count, and its average over many draws "
-        f"is exactly {total}. "
+        f"response tokens, {total}: one draw's value lands above or below it, and its expectation over draws is "
+        f"exactly {total}. "
         "*Transformer positions*: prompt + response tokens the rows need the transformer to run over (RPC: "
         "each response only up to its cut; micro-batches may add a little padding on top); "
         "*LM-head positions*: where the vocabulary projection and log-softmax run (URS and RPC: kept tokens only).")
