@@ -56,15 +56,17 @@ probability level p_b; independent sampling draws p_b ~ Uniform[0, 1) row by row
 stratified design lays the rows, in a random order, end to end on [0, 1) with widths
 L_b / Σ_a L_a, takes row b's centre x_b, and uses ONE uniform offset S for the batch:
 
-    p_b = frac(S + x_b),    S ~ Uniform[0, 1)
+    p_b = τ(frac(S + x_b)),    τ(y) = 1 − |2y − 1|,    S ~ Uniform[0, 1)
 
-(systematic sampling with length-proportional strata). For every row, frac(S + x_b) is
-exactly Uniform[0, 1) whatever x_b is, so each row's cut keeps exactly RPC's marginal law:
-π_t and the HT weights are the real ones, and unbiasedness — which only needs each row's
-marginal, because the loss is linear in the weights — holds as before. What changes is the
-joint draw: Σ_b L_b·F⁻¹(p_b) is a Riemann sum of ∫₀¹ F⁻¹ = E[U] = ρ with mesh L_b/ΣL, so the
-batch's kept total sits within about one response of ρ·ΣL instead of wandering by
-√(Σ L_b²)·sd(U).
+(systematic sampling with length-proportional strata, folded by the "tent" τ). For every row,
+frac(S + x_b) is exactly Uniform[0, 1) whatever x_b is, and τ maps Uniform[0, 1) onto itself,
+so each row's cut keeps exactly RPC's marginal law: π_t and the HT weights are the real ones,
+and unbiasedness — which only needs each row's marginal, because the loss is linear in the
+weights — holds as before. What changes is the joint draw: Σ_b L_b·F⁻¹(p_b) is a Riemann sum
+of ∫₀¹ F⁻¹(τ(y)) dy = E[U] = ρ with mesh L_b/ΣL, so the batch's kept total sits near ρ·ΣL
+instead of wandering by √(Σ L_b²)·sd(U). (τ makes the integrand continuous around the circle:
+without it the row that straddles the wrap from 1 to 0 would jump between keeping nothing
+and everything.)
 
 **Biased contrasts** (`select_tokens_biased`, `BIASED_METHODS`). Two token subsets that
 people try first, kept here to show what goes wrong without Horvitz–Thompson. They are NOT
@@ -288,18 +290,19 @@ def rpc_cut_fraction_quantile(level: torch.Tensor, budget: float, cut_distributi
 
 
 def systematic_cut_levels(lengths: torch.Tensor, order: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """p_b = frac(S + x_b) for a given row order and offset S -> float64 [B] (see the module docs).
+    """p_b = τ(frac(S + x_b)) for a given row order and offset S -> float64 [B] (see the module docs).
 
     lengths  long [B] L_b;  order  long [B] a permutation of the rows;  offset  float64 [1] S ∈ [0, 1).
     x_b is the centre of row b's interval when the rows, in `order`, are laid end to end on
-    [0, 1) with widths L_b/ΣL. For S ~ Uniform[0, 1) every p_b is Uniform[0, 1).
+    [0, 1) with widths L_b/ΣL; τ(y) = 1 − |2y − 1|. For S ~ Uniform[0, 1) every p_b is Uniform[0, 1).
     """
     widths = lengths.to(torch.float64)[order]
     total = float(widths.sum())
     centres_in_order = (widths.cumsum(0) - widths / 2) / total if total > 0 else torch.zeros_like(widths)
     centres = torch.empty_like(centres_in_order)
     centres[order] = centres_in_order
-    return torch.remainder(offset.to(torch.float64) + centres, 1.0)
+    position = torch.remainder(offset.to(torch.float64) + centres, 1.0)
+    return 1.0 - (2.0 * position - 1.0).abs()
 
 
 def stratified_cut_levels(lengths: torch.Tensor, generator: torch.Generator | None, device) -> torch.Tensor:
@@ -444,9 +447,9 @@ def stratified_cut_law(lengths: torch.Tensor, budget: float, cut_distribution: s
     """The exact joint law of the stratified design's cuts: [(cuts long [B], probability), ...].
 
     For each of the B! row orders (probability 1/B! each), the cuts are piecewise constant in
-    the offset S: row b's cut steps up where its level p_b = frac(S + x_b) crosses
-    F(c/L_b) = 1 − S_U(c/L_b), c = 1..L_b − 1, and drops where p_b wraps from 1 to 0. Between
-    consecutive break points every cut is fixed, so the law is a finite list. Small batches only
+    the offset S: row b's cut changes where its level p_b = τ(frac(S + x_b)) crosses
+    q_c = F(c/L_b) = 1 − S_U(c/L_b), c = 1..L_b − 1, i.e. where frac(S + x_b) = q_c/2 or 1 − q_c/2.
+    Between consecutive break points every cut is fixed, so the law is a finite list. Small batches only
     (B ≤ max_rows): it is for exact tests, not for training.
     """
     budget = check_budget(budget)
@@ -458,13 +461,17 @@ def stratified_cut_law(lengths: torch.Tensor, budget: float, cut_distribution: s
     orders = list(itertools.permutations(range(rows)))
     for order in orders:
         order = torch.tensor(order, dtype=torch.long)
-        centres = systematic_cut_levels(lengths, order, torch.zeros(1, dtype=torch.float64))
+        widths = lengths.to(torch.float64)[order]
+        centres_in_order = (widths.cumsum(0) - widths / 2) / max(float(widths.sum()), 1.0)
+        centres = torch.empty_like(centres_in_order)
+        centres[order] = centres_in_order
         breaks = [0.0, 1.0]
         for row in range(rows):
             length = int(lengths[row])
             steps = [1.0 - float(rpc_survival(torch.tensor(c / length, dtype=torch.float64), budget,
                                               cut_distribution)) for c in range(1, length)] if length else []
-            breaks += [(level - float(centres[row])) % 1.0 for level in steps + [0.0]]
+            for level in steps + [0.0]:
+                breaks += [(level / 2 - float(centres[row])) % 1.0, (1 - level / 2 - float(centres[row])) % 1.0]
         breaks = sorted(set(breaks))
         for low, high in zip(breaks[:-1], breaks[1:]):
             if high - low <= 1e-15:
