@@ -61,8 +61,20 @@ it): the ratios show what the cut removes, not padding that full could have remo
 Mode "step" times whole training steps (rollout + update) of `minnat.train.Trainer` on the
 embedded model, so one sees what share of a step's wall time NAT can touch at all.
 
+Mode "memory" (`minnat.bench_memory`) measures the update step's peak memory — saved for
+backward, peak above the step's start, total peak — for minnat full/URS/RPC, stock TRL's
+`GRPOTrainer._compute_loss` and TRL+NAT on the same batch, each in a fresh process, and the LM
+head alone (tiled against the previous design); then times them interleaved.
+
+Time ratios are findings only when their repeats agree: each ratio is checked with
+`minnat.measure.ratio_spread` (≥ 3 repeats, per-repeat ratios within 10% of their median);
+otherwise it is printed as unreliable, with its spread and the remedy, never as met or missed.
+On CPU the default is one torch thread (`--threads`), stated in every report with the load
+average: torch's default of a thread per core collapses on a machine other jobs are using.
+
 Outputs in --out: bench.json (list of rows), bench.md (table), bench.png (ratios vs budget
-and vs response length); step mode writes step.json and step.md.
+and vs response length); step mode writes step.json and step.md; memory mode memory.json and
+memory.md.
 """
 from __future__ import annotations
 
@@ -84,11 +96,13 @@ from pathlib import Path
 import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
+from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from minnat.grpo import policy_loss
 from minnat.logprobs import LogprobStats, response_logprobs
-from minnat.measure import ActivationMeter, stopwatch, synchronize
-from minnat.models import PRESETS, build_preset_model, resolve_device, resolve_dtype
+from minnat.measure import ActivationMeter, cpu_load, ratio_spread, stopwatch, synchronize
+from minnat.models import (PRESETS, QWEN3_VOCAB_SIZE, build_preset_model, choose_cpu_threads,
+                           enable_gradient_checkpointing, preset_config, resolve_device, resolve_dtype)
 from minnat.nat import (RPC_CUT_DISTRIBUTIONS, Selection, check_budget, check_response_mask,
                         rpc_cut_fraction_parameters, rpc_inclusion_probabilities, select_tokens,
                         selection_from_keep)
@@ -133,15 +147,50 @@ register_cpu_attention_flops()
 
 
 # ----------------------------------------------------------------------------- the model
+# Bodies the benchmark adds to minnat.models' presets. "small": issue 14's memory configuration, a
+# body small enough for a CPU under Qwen's vocabulary (there the LM head dominates the step).
+BENCH_ARCHITECTURES = {
+    "small": dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
+                  num_key_value_heads=4, head_dim=64, tie_word_embeddings=True, vocab_size=QWEN3_VOCAB_SIZE,
+                  max_position_embeddings=40960, rope_theta=1_000_000.0, rms_norm_eps=1e-6),
+}
+BENCH_PRESETS = PRESETS + tuple(BENCH_ARCHITECTURES)
+
+
+def bench_config(preset: str, vocab_size: int | None = None):
+    """The Qwen3Config of a preset (minnat.models' or the benchmark's own), with the vocabulary override."""
+    config = Qwen3Config(**BENCH_ARCHITECTURES[preset]) if preset in BENCH_ARCHITECTURES else preset_config(preset)
+    if vocab_size is not None:
+        config.vocab_size = vocab_size
+    return config
+
+
 def build_model(preset: str, *, vocab_size: int | None, dtype: torch.dtype, device: str,
                 gradient_checkpointing: bool, seed: int = 0):
     """A Qwen3ForCausalLM of the preset's architecture with random weights, built on `device`, in train mode.
 
-    `minnat.models.build_preset_model` with the vocabulary override. Random weights are fine:
-    the cost of a forward/backward pass does not depend on the weights' values.
+    `minnat.models.build_preset_model` with the vocabulary override (the benchmark's own presets
+    are built the same way here). Random weights are fine: the cost of a forward/backward pass
+    does not depend on the weights' values.
     """
-    model = build_preset_model(preset, dtype=dtype, device=device, gradient_checkpointing=gradient_checkpointing,
-                               seed=seed, vocab_size=vocab_size)
+    if preset in BENCH_ARCHITECTURES:
+        if vocab_size is not None and vocab_size < 2:
+            raise ValueError(f"the vocabulary size must be at least 2; got {vocab_size}.")
+        config = bench_config(preset, vocab_size)
+        config._attn_implementation = "sdpa"
+        torch.manual_seed(seed)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(resolve_dtype(dtype, device))
+        try:
+            with torch.device(device):
+                model = Qwen3ForCausalLM(config)
+        finally:
+            torch.set_default_dtype(previous)
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+    else:
+        model = build_preset_model(preset, dtype=dtype, device=device, gradient_checkpointing=gradient_checkpointing,
+                                   seed=seed, vocab_size=vocab_size)
     model.config.use_cache = False
     return model.train()
 
@@ -287,7 +336,8 @@ def policy_update_loss(model, batch: BenchBatch, selection: Selection, *,
     logprobs = response_logprobs(model, batch.input_ids, batch.attention_mask, batch.response_mask, selection,
                                  micro_batch_overhead_tokens=overhead_tokens, stats=stats)
     return policy_loss(logprobs, logprobs.detach(), batch.advantages, batch.response_mask,
-                       weights=selection.weights.to(logprobs.dtype), loss_agg=loss_agg)
+                       weights=selection.weights.to(logprobs.dtype), loss_agg=loss_agg,
+                       max_new_tokens=batch.response_length)
 
 
 def zero_gradients(model) -> None:
@@ -450,6 +500,8 @@ def add_ratios(rows: list[dict]) -> None:
         paired = [mine / reference for mine, reference in zip(row["time_seconds_per_repeat"],
                                                                full["time_seconds_per_repeat"])]
         row["time_ratio_min"], row["time_ratio_max"] = min(paired), max(paired)
+        spread = ratio_spread(paired) if row is not full else {"reliable": True, "note": "the reference"}
+        row["time_ratio_reliable"], row["time_ratio_note"] = spread["reliable"], spread["note"]
 
 
 # ----------------------------------------------------------------------------- reports
@@ -480,7 +532,8 @@ def markdown_table(rows: list[dict]) -> str:
                  f"{row['tokens_to_model']:.0f} ({row['tokens_to_model_ratio']:.2f})",
                  f"{row['response_tokens_used']:.0f} ({row['used_fraction']:.2f})",
                  f"{row['time_seconds']:.3f}",
-                 f"{row['time_ratio']:.3f} [{row['time_ratio_min']:.2f}–{row['time_ratio_max']:.2f}]",
+                 f"{row['time_ratio']:.3f} [{row['time_ratio_min']:.2f}–{row['time_ratio_max']:.2f}]"
+                 + ("" if row.get("time_ratio_reliable", True) else " unreliable"),
                  f"{row['time_ratio_best']:.3f}",
                  fmt_count(row["flops"]), fmt_ratio(row["flops_ratio"]),
                  fmt_count(row["activation_bytes"], "B"), fmt_ratio(row["activation_ratio"])]
@@ -518,9 +571,13 @@ def target_checks(rows: list[dict], budget: float = 0.5) -> list[str]:
             value = row.get(name)
             if value is None:
                 continue
+            if name == "time_ratio" and not row.get("time_ratio_reliable", True):
+                verdicts.append(f"time_ratio not a finding ({row['time_ratio_note']})")
+                continue
             verdict = ("met" if value <= limit else f"MISSED by {value - limit:.3f}") if in_scope else "n/a"
             verdicts.append(f"{name} {value:.3f} (target ≤ {limit}: {verdict})")
-        verdicts.append(f"best-of-{row['repeats']} time ratio {row['time_ratio_best']:.3f}")
+        if row.get("time_ratio_reliable", True):
+            verdicts.append(f"best-of-{row['repeats']} time ratio {row['time_ratio_best']:.3f}")
         if row.get("peak_memory_ratio") is not None:
             verdicts.append(f"peak_memory_ratio {row['peak_memory_ratio']:.3f}")
         scope = "" if in_scope else (f" — prompt share {share:.0%} > {RESPONSE_DOMINATED_PROMPT_SHARE:.0%}: not the "
@@ -544,7 +601,8 @@ def explain_misses(rows: list[dict], budget: float = 0.5) -> list[str]:
                          f"prompt ({prompt_share(row):.0%} of a row) and its micro-batches carry padding; the model "
                          f"was given {row['tokens_to_model_ratio']:.3f} of full's tokens, which bounds these ratios "
                          "from below.")
-        if row.get("time_ratio") is not None and row["time_ratio"] > RPC_TARGETS["time_ratio"]:
+        if row.get("time_ratio") is not None and row["time_ratio"] > RPC_TARGETS["time_ratio"] \
+                and row.get("time_ratio_reliable", True):
             full = full_by_length[row["response_length"]]
             note = (f"T={row['response_length']}: median time ratio {row['time_ratio']:.3f} vs FLOPs ratio "
                     f"{row['flops_ratio']:.3f}; per-repeat ratios spread {row['time_ratio_min']:.2f}–"
@@ -614,6 +672,20 @@ def write_plot(rows: list[dict], path: Path, title: str) -> bool:
     return True
 
 
+def describe_threads(options) -> str:
+    """The thread count and the machine's load, stated in every report (time ratios depend on both)."""
+    load, cores = cpu_load()
+    threads = getattr(options, "threads", torch.get_num_threads())
+    text = f"{threads} CPU thread{'s' if threads != 1 else ''}"
+    if getattr(options, "threads_reason", None):
+        text += f" — {options.threads_reason}"
+    if load is not None:
+        text += f", load average {load:.1f} on {cores} cores at the start"
+        if load > cores - 0.5:
+            text += " — a busy machine: expect noisy times"
+    return text
+
+
 def describe_run(options, model, dtype, device) -> str:
     parameters = sum(p.numel() for p in model.parameters())
     config = model.config
@@ -623,7 +695,8 @@ def describe_run(options, model, dtype, device) -> str:
             f"{options.batch_size} × (prompt {options.prompt_length} + response L ~ U[T/2, T]); "
             f"{options.draws} selection draws ({options.cut_sampling} RPC cuts) × {options.repeats} interleaved "
             f"repeats; micro-batch pass overhead {options.micro_batch_overhead_tokens} "
-            f"tokens{' (calibrated)' if getattr(options, 'overhead_calibrated', False) else ''}")
+            f"tokens{' (calibrated)' if getattr(options, 'overhead_calibrated', False) else ''}; "
+            f"{describe_threads(options)}")
 
 
 def write_reports(rows: list[dict], out: Path, header: str, final: bool) -> str:
@@ -663,7 +736,7 @@ def run_update_benchmark(options, log=print) -> list[dict]:
     rows = []
     for response_length in options.response_lengths:
         batch = make_batch(options.batch_size, options.prompt_length, response_length, model.config.vocab_size,
-                           batch_seed(options.seed, response_length))
+                           batch_seed(options.seed, response_length), options.shortest_response)
         log(f"  T = {response_length}: {int(batch.response_mask.sum())} response tokens, "
             f"{len(options.budgets)} budgets × (urs, rpc) × {options.draws} draws + full")
         started = time.perf_counter()
@@ -740,6 +813,15 @@ def run_step_benchmark(options, log=print) -> list[dict]:
     # the step ratio with their common median isolates what NAT changes.
     shared_rollout = statistics.median(r["rollout_seconds"] for case in cases for r in records[case][1:])
     full = rows[0]
+    full_steps = records[cases[0]][1:]
+    for case, row in zip(cases, rows):
+        paired = [mine["update_seconds"] / reference["update_seconds"]
+                  for mine, reference in zip(records[case][1:], full_steps)]
+        spread = ratio_spread(paired) if case != cases[0] else {"reliable": True, "note": "the reference"}
+        row["update_ratio_per_step"], row["update_ratio_reliable"] = paired, spread["reliable"]
+        row["update_ratio_note"] = spread["note"]
+        row["update_note_short"] = spread["note"] if not spread["reliable"] else \
+            f"{statistics.median(paired):.3f} per step, {spread['note']}" if paired else spread["note"]
     for row in rows:
         row["update_ratio"] = row["update_seconds"] / full["update_seconds"]
         row["step_ratio"] = row["step_seconds"] / full["step_seconds"]
@@ -754,7 +836,8 @@ def run_step_benchmark(options, log=print) -> list[dict]:
     for row in rows:
         lines.append(f"| {row['method']} | {row['budget']:g} | {row['rollout_seconds']:.2f} | "
                      f"{row['update_seconds']:.2f} | {row['step_seconds']:.2f} | {row['update_share']:.0%} | "
-                     f"{row['update_ratio']:.3f} | {row['step_ratio']:.3f} | {row['step_ratio_shared_rollout']:.3f} | "
+                     f"{row['update_ratio']:.3f}{'' if row['update_ratio_reliable'] else ' unreliable'} | "
+                     f"{row['step_ratio']:.3f} | {row['step_ratio_shared_rollout']:.3f} | "
                      f"{row['response_tokens_used']:.0f} / {row['response_tokens_generated']:.0f} |")
     rollouts = [row["rollout_seconds"] for row in rows]
     markdown = (f"# NAT: whole training steps\n\nmodel {options.model}, task {options.task}, batch "
@@ -763,7 +846,10 @@ def run_step_benchmark(options, log=print) -> list[dict]:
                 "(learning rate 0).\n\n" + "\n".join(lines) + "\n\nNAT only changes the update; the rollout "
                 "(generation) is untouched, so the step ratio is bounded below by the rollout's share. The rollouts "
                 f"are identical for every method, so their spread ({min(rollouts):.2f}–{max(rollouts):.2f} s) is "
-                f"measurement noise; the last ratio uses their common median ({shared_rollout:.2f} s).\n")
+                f"measurement noise; the last ratio uses their common median ({shared_rollout:.2f} s). "
+                f"{describe_threads(options)}.\n" +
+                "".join(f"\n- {row['method']} ρ={row['budget']:g}: update ratio {row['update_note_short']}"
+                        for row in rows[1:]) + "\n")
     (out / "step.md").write_text(markdown)
     log("\n" + markdown)
     return rows
@@ -796,10 +882,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m minnat.bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = parser.add_argument
-    add("--mode", choices=("update", "step"), default="update",
-        help="update: the policy-update step alone (default); step: whole trainer steps, rollout + update")
-    add("--preset", choices=PRESETS, default="tiny",
-        help="model architecture with random weights: the embedded tiny Qwen3 or a Qwen3 size (update mode)")
+    add("--mode", choices=("update", "step", "memory"), default="update",
+        help="update: the policy-update step alone (default); step: whole trainer steps, rollout + update; "
+             "memory: the update step's peak memory per configuration in fresh processes, minnat vs stock TRL "
+             "(minnat.bench_memory)")
+    add("--preset", choices=BENCH_PRESETS, default="tiny",
+        help="model architecture with random weights: the embedded tiny Qwen3, a Qwen3 size, or 'small' (4 layers, "
+             "hidden 512: the memory configuration) (update and memory modes)")
+    add("--shortest-response", type=float, default=0.5,
+        help="each row's response length is uniform in [this fraction × T, T] (update and memory modes)")
+    add("--engines", type=comma_list(str, "--engines"), default=["minnat", "trl", "trl+nat", "head"],
+        help="memory mode: which rows — minnat (full/URS/RPC), trl (stock GRPOTrainer), trl+nat "
+             "(minnat.integrations.trl), head (the LM head alone, tiled vs the previous design)")
     add("--vocab-size", type=int, default=None,
         help="override the vocabulary size, e.g. 151936 (Qwen's) to show URS's LM-head saving on the tiny body")
     add("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16")
@@ -824,7 +918,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="RPC draws of a point: stratified cut fractions (exact RPC law per row, balanced across draws, "
              "default) or independent select_tokens draws")
     add("--seed", type=int, default=0, help="seed of the batch and of the selection draws")
-    add("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
+    add("--threads", type=int, default=1,
+        help="CPU threads for torch. 1 (default) keeps time ratios stable on a shared machine: torch's default of "
+             "one thread per core collapses when other processes hold cores. 0 = auto: the cores the load "
+             "average leaves free")
     add("--out", default=None, help="output folder (default: a new folder runs/bench-<time>)")
     # step mode
     add("--model", default="embedded", help="step mode: the model the trainer loads (default: the embedded one)")
@@ -843,13 +940,25 @@ def check_options(options) -> None:
 
     trainer_defaults = TrainConfig()
     if options.batch_size is None:
-        options.batch_size = 8 if options.mode == "update" else trainer_defaults.batch_size
+        options.batch_size = 8 if options.mode in ("update", "memory") else trainer_defaults.batch_size
     if options.group_size is None:
         options.group_size = trainer_defaults.group_size
     if options.max_new_tokens is None:
         options.max_new_tokens = trainer_defaults.max_new_tokens
+    if options.mode == "memory" and options.repeats < 0:
+        raise ValueError(f"--repeats must be ≥ 0 in memory mode (0 = memory only, no timing); got {options.repeats}.")
+    if options.mode == "memory" and len(options.response_lengths) != 1:
+        raise ValueError(f"memory mode measures one response length; give one --response-lengths value, got "
+                         f"{options.response_lengths}.")
+    if not 0 < options.shortest_response <= 1:
+        raise ValueError(f"--shortest-response must be a fraction in (0, 1]; got {options.shortest_response}.")
+    unknown = [engine for engine in options.engines if engine not in ("minnat", "trl", "trl+nat", "head")]
+    if unknown:
+        raise ValueError(f"unknown --engines {unknown}; choose from minnat, trl, trl+nat, head.")
     for name in ("batch_size", "prompt_length", "draws", "repeats", "steps", "group_size", "max_new_tokens",
                  "num_eval"):
+        if name == "repeats" and options.mode == "memory":
+            continue
         if getattr(options, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(options, name)}.")
     if any(length < 1 for length in options.response_lengths):
@@ -865,20 +974,35 @@ def check_options(options) -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     options = parser.parse_args(argv)
-    if options.mode == "step" and "--budgets" not in (argv if argv is not None else sys.argv[1:]):
+    given = argv if argv is not None else sys.argv[1:]
+    if options.mode in ("step", "memory") and "--budgets" not in given:
         options.budgets = [0.5]
+    if options.mode == "memory":
+        if "--response-lengths" not in given:
+            options.response_lengths = [256]
+        if "--repeats" not in given:
+            options.repeats = 3
     try:
         check_options(options)
-        if options.threads:
-            torch.set_num_threads(options.threads)
+        options.threads, options.threads_reason = choose_cpu_threads(options.threads)
+        if "--threads" not in given:
+            options.threads_reason = ("the benchmark's default: one thread keeps time ratios stable on a shared "
+                                      "machine; --threads 0 = the cores the load leaves free")
+        torch.set_num_threads(options.threads)
         if options.out is None:
             options.out = str(Path("runs") / f"bench-{options.mode}-{options.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
         out = Path(options.out)
         out.mkdir(parents=True, exist_ok=True)
-        command = "python -m minnat.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python -m minnat.bench " + " ".join(given)
+        options.command = command.strip()
         print(f"writing to {out}  ({command.strip()}; torch {torch.__version__}, python {platform.python_version()})")
+        print(f"CPU threads: {describe_threads(options)}")
         if options.mode == "update":
             run_update_benchmark(options)
+        elif options.mode == "memory":
+            from minnat.bench_memory import run_memory_benchmark
+
+            run_memory_benchmark(options)
         else:
             run_step_benchmark(options)
     except ValueError as error:

@@ -265,3 +265,101 @@ def test_pass_overhead_calibration_and_its_flag(capsys):
     with pytest.raises(SystemExit):
         bench.build_parser().parse_args(["--micro-batch-overhead-tokens", "lots"])
     assert "whole number of tokens or 'auto'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- threads and noisy time ratios
+def test_default_is_one_thread_and_the_output_says_so(tiny_run, capsys):
+    assert bench.build_parser().parse_args([]).threads == 1
+    out, rows, _ = tiny_run
+    assert "1 CPU thread" in (out / "bench.md").read_text()  # the thread count is part of every report
+    assert "load average" in (out / "bench.md").read_text()
+
+
+def test_ratio_spread_flags_disagreeing_repeats():
+    from minnat.measure import ratio_spread
+
+    agreeing = ratio_spread([0.50, 0.52, 0.51, 0.50])
+    assert agreeing["reliable"] and "agree" in agreeing["note"]
+    noisy = ratio_spread([0.51, 1.45, 0.55])  # issue 13: one disturbed repeat turned 0.51× into 1.45×
+    assert not noisy["reliable"] and "unreliable" in noisy["note"] and "--threads 1" in noisy["note"]
+    assert "0.51–1.45" in noisy["note"]
+    assert not ratio_spread([0.5, 0.5])["reliable"]  # two repeats cannot show the noise
+
+
+def injected_rows(full_times, rpc_times):
+    """Two benchmark rows (full, RPC ρ=0.5 at T=1024) with the given per-repeat times and fixed counts."""
+    common = dict(response_length=1024, prompt_length=64, batch_size=8, response_tokens=6000, repeats=len(full_times),
+                  tokens_to_model=1000, flops=1e9, activation_bytes=1e6, micro_batches=2.0,
+                  peak_memory_bytes=None, peak_step_memory_bytes=None, response_tokens_used=3000, used_fraction=0.5)
+    rows = []
+    for method, budget, times, scale in (("full", 1.0, full_times, 1.0), ("rpc", 0.5, rpc_times, 0.45)):
+        row = dict(common, method=method, budget=budget, time_seconds_per_repeat=times,
+                   time_seconds=sorted(times)[len(times) // 2], time_seconds_best=min(times))
+        for key in ("tokens_to_model", "flops", "activation_bytes"):
+            row[key] = common[key] * scale
+        rows.append(row)
+    bench.add_ratios(rows)
+    return rows
+
+
+def test_an_unreliable_time_ratio_is_never_reported_as_met_or_missed():
+    noisy = injected_rows([1.0, 1.0, 1.0], [0.5, 1.45, 0.55])  # the median ratio 0.55 would "meet" ≤ 0.6
+    assert noisy[1]["time_ratio_reliable"] is False
+    checks = " ".join(bench.target_checks(noisy))
+    assert "time_ratio not a finding" in checks and "unreliable" in checks
+    assert "time_ratio 0.550 (target" not in checks and "best-of" not in checks
+    assert "unreliable" in bench.markdown_table(noisy)
+    assert not any("time" in note for note in bench.explain_misses(noisy))
+    calm = injected_rows([1.0, 1.01, 0.99], [0.50, 0.51, 0.505])
+    assert calm[1]["time_ratio_reliable"] is True
+    assert "time_ratio 0.505 (target ≤ 0.6: met)" in " ".join(bench.target_checks(calm))
+    assert "unreliable" not in bench.markdown_table(calm)
+
+
+# --------------------------------------------------------------------------- memory mode
+def test_peak_rss_sees_an_allocation_inside_the_block():
+    from minnat.measure import PeakRSS
+
+    with PeakRSS() as peak:
+        block = torch.ones(25_000_000)  # 100 MB, touched
+        del block
+    assert peak.method in ("VmHWM reset", "ru_maxrss")
+    if peak.method == "VmHWM reset":
+        assert 90e6 < peak.above_start < 400e6
+
+
+def test_memory_mode_measures_minnat_and_stock_trl_on_the_same_batch(tmp_path):
+    pytest.importorskip("trl")
+    out = tmp_path / "memory"
+    code = bench.main(["--mode", "memory", "--engines", "minnat,trl,head", "--budgets", "0.5", "--batch-size", "4",
+                       "--prompt-length", "8", "--response-lengths", "32", "--repeats", "0", "--out", str(out)])
+    assert code == 0
+    rows = {row["name"]: row for row in json.loads((out / "memory.json").read_text())}
+    assert list(rows) == ["minnat full", "minnat urs ρ=0.5", "minnat rpc ρ=0.5", "TRL stock", "LM head tiled",
+                          "LM head before"]
+    assert len({row["batch_fingerprint"] for row in rows.values()}) == 1  # one batch, in six fresh processes
+    for row in rows.values():
+        assert row["peak_bytes"] >= row["peak_above_start_bytes"] > 0 and row["saved_for_backward_bytes"] > 0
+    assert rows["TRL stock"]["peak_above_start_ratio"] == 1.0 and rows["minnat full"]["reference"] == "TRL stock"
+    # RPC holds less for backward than full: its forward is shorter (deterministic, allocator-independent)
+    assert rows["minnat rpc ρ=0.5"]["saved_for_backward_bytes"] < rows["minnat full"]["saved_for_backward_bytes"]
+    assert rows["LM head tiled"]["reference"] == "LM head before"
+    text = (out / "memory.md").read_text()
+    assert "peak above start" in text and "minnat full peak above start / TRL's" in text and "1 CPU thread" in text
+
+
+def test_memory_targets_report_unreliable_times_as_no_finding():
+    from minnat.bench_memory import target_lines
+
+    rows = [{"name": "minnat full", "engine": "minnat", "reference": "TRL stock", "peak_above_start_ratio": 0.9,
+             "time_ratio": 0.5, "time_ratio_reliable": False, "time_ratio_note": "unreliable: repeats spread"},
+            {"name": "minnat rpc ρ=0.5", "engine": "minnat", "reference": "TRL stock", "peak_above_start_ratio": 0.7},
+            {"name": "LM head tiled", "engine": "head", "reference": "LM head before", "head_transient_ratio": 0.05,
+             "peak_above_start_ratio": 0.3, "head_weight_gradient_bytes": 2 ** 20, "time_ratio": 1.02,
+             "time_ratio_reliable": True}]
+    lines = "\n".join(target_lines(rows))
+    assert "minnat full peak above start / TRL's: 0.900 (target ≤ 1: met)" in lines
+    assert "minnat full time / TRL's: 0.500 — not a finding" in lines
+    assert "RPC ρ=0.5 peak above start / TRL's: 0.700 (target ≤ 0.6: MISSED by 0.100)" in lines
+    assert "without the [V, H] weight gradient: 0.050 (target ≤ 0.125: met)" in lines
+    assert "LM head tiled time / before: 1.020 (target ≤ 1.1: met)" in lines
