@@ -429,6 +429,108 @@ assert abs(power_tail / longest**9 - 1) < 1e-6, "power at ρ = 0.1: the last tok
 # RPC's extra variance is worth its cheaper steps is an empirical question — tutorial 4 runs
 # the three methods side by side.
 #
+# ## 6. Why the $1/\pi_t$ matters: three conditions, two counter-examples
+#
+# Everything above rests on three conditions. Together they make the NAT loss an unbiased
+# estimate of the full loss, and its gradient of the full gradient; drop any one and that
+# stops being true:
+#
+# 1. **$\pi_t > 0$ on every response token.** A token that can never be kept adds nothing to
+#    $E[\cdot]$, and no weight can bring it back.
+# 2. **Each kept token weighs exactly $1/\pi_t$**, so that $E[w_t] = \pi_t \cdot 1/\pi_t = 1$.
+# 3. **The normaliser and the selection are fixed given the batch.** $|o_i|$ (or $\sum|o_i|$,
+#    or $B \cdot L_\max$) does not depend on which tokens the draw kept: dividing by the kept count
+#    gives a ratio of two random numbers, and the mean of a ratio is not the ratio of the means.
+#    The selection does not depend on $\theta$ either; it only decides which tokens the loss sees.
+#    (A law that moved with $\theta$ would still give the right gradient at the current $\theta$
+#    *if* its $\pi_t$ were known and positive. top-entropy fails condition 1, not this one.)
+#
+# Two token subsets that people try first make good counter-examples. minnat has both, always
+# labelled as biased (`minnat.nat.select_tokens_biased`, `--method` in the trainer):
+#
+# * **rpc-unweighted**: RPC's cut, weight 1 on each kept token, normalised over the kept tokens
+#   ($|o_i| \to C_i$). In other words, "train on the truncated answer". It breaks condition 2, since late tokens are
+#   kept with probability $\pi_t < 1$ and nothing makes up for it, and condition 3, since the
+#   normaliser $C_i$ is random.
+# * **top-entropy**: keep the fraction $\rho$ of response tokens with the highest entropy under
+#   the current policy, weight 1 (TRL's `top_entropy_quantile`, arXiv 2506.01939). It breaks
+#   condition 1: the low-entropy tokens have $\pi_t = 0$. Its selection is a function of $\theta$ and
+#   is the same every time.
+#
+# First the exact bias $\lVert E[g] - g_\text{full}\rVert / \lVert g_\text{full}\rVert$, by enumeration
+# on the four short responses of section 4 (`minnat.diagnostics.exact_bias`: RPC-type losses that
+# are sums of per-row terms are enumerated cut by cut, row by row).
+
+# %%
+from minnat.diagnostics import exact_bias, gradient_agreement, policy_gradient
+
+exact = {method: exact_bias(exact_model, ids, attention, sub_mask, sub_advantages, method=method, budget=0.5)
+         for method in ("rpc", "rpc-unweighted", "top-entropy")}
+for result in exact.values():
+    print(f"{result.label:28s} exact relative bias {result.relative_bias:.2e}   ({result.num_outcomes} outcomes)")
+assert exact["rpc"].relative_bias < 1e-5, "NAT: zero, up to float32 rounding in RMSNorm"
+assert exact["rpc-unweighted"].relative_bias > 0.05, "the truncated answer: a large bias"
+assert exact["top-entropy"].relative_bias > 1000 * exact["rpc"].relative_bias, "top-entropy: small, but not zero"
+
+# %% [markdown]
+# rpc-unweighted is far off. top-entropy's bias is real (thousands of times NAT's rounding
+# error) but small here, and the reason is instructive. The warm-started model is almost certain
+# of most tokens, and a token with $\pi_\theta(o_t) \approx 1$ has $\nabla \log \pi_\theta(o_t) \approx 0$,
+# so dropping it costs little gradient. That is the bet the 80/20 paper makes. How big the bias
+# is depends on how peaked the policy is, and the bet stops paying once the low-entropy
+# tokens carry gradient (a less confident policy, or a larger ρ of tokens dropped); the tests
+# show a large bias on an untrained model.
+
+# %% [markdown]
+# On the whole batch we cannot enumerate, so we do what a learner would do: average $K$
+# independent draws and watch the error of the average (`gradient_agreement`). With
+# $b = E[g_k] - g_\text{full}$ and per-draw mean squared error $V$,
+#
+# $$ E\lVert \bar g_K - g_\text{full}\rVert^2 = \lVert b\rVert^2 + (V - \lVert b\rVert^2)/K . $$
+#
+# NAT has $b = 0$, so its error keeps falling like $1/\sqrt K$. The contrasts' error flattens at
+# their bias, and no number of draws removes it. `gradient_agreement` also estimates
+# $\lVert b\rVert^2$ from the draws (an unbiased U-statistic) with a jackknife standard error.
+
+# %%
+full_gradient = policy_gradient(model, batch.input_ids, batch.attention_mask, mask, advantages)
+agreement = {method: gradient_agreement(model, batch.input_ids, batch.attention_mask, mask, advantages,
+                                        method=method, budget=0.5, num_draws=32, seed=6, full_gradient=full_gradient)
+             for method in ("rpc", "urs", "rpc-unweighted", "top-entropy")}
+fig, axis = plt.subplots(figsize=(7, 4))
+for method, result in agreement.items():
+    line, = axis.plot(result.draws, result.relative_error, label=f"{result.label}: bias {result.bias:.2f} ± "
+                                                                 f"{result.bias_standard_error:.2f}")
+    axis.plot(result.draws, [result.predicted_relative_error(k) for k in result.draws], ls=":", color=line.get_color())
+axis.set(xscale="log", yscale="log", xlabel="K draws averaged", ylabel="‖ḡ_K − g_full‖ / ‖g_full‖",
+         title="average of K draws vs the full gradient (dotted: √(b² + (V − b²)/K))")
+axis.legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+
+# %%
+from minnat.diagnostics import log_log_slope
+
+for method in ("rpc", "urs"):
+    result = agreement[method]
+    print(f"{result.label}: log-log slope {log_log_slope(result.draws, result.relative_error):+.2f} (1/√K: −0.5)")
+    assert result.relative_error[-1] < 2.5 * result.predicted_relative_error(result.num_draws), "NAT: about √(V/K)"
+    assert result.bias_z < 3, "NAT: no bias that the draws can detect"
+for method in ("rpc-unweighted", "top-entropy"):
+    result = agreement[method]
+    assert result.bias_z > 3 and result.relative_error[-1] > 0.8 * result.bias, "the contrasts flatten at their bias"
+assert agreement["rpc"].relative_error[-1] < agreement["rpc-unweighted"].bias, "32 NAT draws beat the truncated answer"
+print({method: f"bias {r.bias:.3f} ± {r.bias_standard_error:.3f} (z = {r.bias_z:.1f})" for method, r in agreement.items()})
+
+# %% [markdown]
+# With 32 draws NAT's curves are noisy. A few tokens carry most of this batch's gradient, so
+# one draw that keeps or drops them moves the average a lot. Still, they follow the dotted
+# $\sqrt{V/K}$ on average, and their estimated bias is within noise of 0.
+# More draws make NAT's error as small as we like. The contrasts settle at an error of about
+# their bias, however many draws are averaged, and that is also what each of their training steps
+# is off by in expectation. Whether that bias hurts learning on a task is a separate question,
+# answered by measurement: `scripts/compare_methods.py` trains all five.
+#
 # ## Summary
 #
 # * `select_tokens` draws URS ($\pi_t = \rho$) or RPC ($\pi_t = P(C \ge t)$, exact) selections with
@@ -438,5 +540,7 @@ assert abs(power_tail / longest**9 - 1) < 1e-6, "power at ρ = 0.1: the last tok
 # * Enumerating every cut reproduces the full-token loss and gradient exactly, through the
 #   truncated computation, with clipping and KL active.
 # * Fewer tokens cost variance; RPC trades more variance than URS for a shorter pass.
+# * Unbiasedness needs π_t > 0 everywhere, weights 1/π_t, and a normaliser and selection fixed
+#   given the batch. rpc-unweighted and top-entropy each break some of these: their error flattens at their bias.
 #
 # **Next:** [tutorial 4](04_training_with_nat.ipynb) trains with full, URS and RPC.
