@@ -72,8 +72,8 @@ class TrainConfig:
                          choices=ALL_METHODS)
     budget: float = option(0.5, "ρ ∈ (0, 1]: expected fraction of each response's tokens that is kept")
     cut_distribution: str = option("uniform-floor", "RPC cut distribution", choices=RPC_CUT_DISTRIBUTIONS)
-    cut_sampling: str = option("independent", "RPC cuts drawn independently per response, or stratified across "
-                                              "the batch (same law per response, steadier kept total)",
+    cut_sampling: str = option("stratified", "RPC cuts stratified across the batch (each response's cut has "
+                                             "RPC's law, the batch's kept total barely moves) or independent",
                                choices=CUT_SAMPLINGS)
     token_budget: int = option(0, "response tokens kept per update: ρ of each step = min(1, N / Σ|o_i|) from "
                                   "the rollout's lengths, replacing --budget (0 = off)")
