@@ -30,6 +30,7 @@ Configurations:
                                   same batch, loss_type "grpo" (= seq-mean-token-mean), β = 0
     trl+nat full / urs / rpc      `minnat.integrations.trl.NATGRPOTrainer._compute_loss`, given the
                                   very selection minnat's rows use
+    minnat full, LM head before   minnat full with the previous LM head (what issue 14 measured)
     head tiled / head before      the LM head + log-softmax alone on the batch's K response positions:
                                   today's tiles (`minnat.logprobs.score_positions`) against the
                                   previous design (1,024 positions × the whole vocabulary, recomputed
@@ -87,6 +88,22 @@ def position_chunked_logprobs(head: torch.nn.Linear, hidden: torch.Tensor, targe
     return torch.cat(pieces)
 
 
+def with_previous_head(function, *args, **kwargs):
+    """Call `function` with response_logprobs scoring through `position_chunked_logprobs` (the step before the tiles).
+
+    Only the forward needs the swap: the backward recomputes through the checkpoints it recorded.
+    """
+    import minnat.logprobs
+
+    tiled = minnat.logprobs.score_positions
+    minnat.logprobs.score_positions = lambda head, hidden, targets, temperature=1.0, **_: \
+        position_chunked_logprobs(head, hidden, targets, temperature=temperature)
+    try:
+        return function(*args, **kwargs)
+    finally:
+        minnat.logprobs.score_positions = tiled
+
+
 # ----------------------------------------------------------------------------- the configurations
 def case_list(engines: list[str], budgets: list[float], trl_available: bool) -> list[dict]:
     """Every configuration to measure, in report order."""
@@ -99,7 +116,8 @@ def case_list(engines: list[str], budgets: list[float], trl_available: bool) -> 
     if "trl+nat" in engines and trl_available:
         cases += [{"engine": "trl+nat", "method": method, "budget": budget} for method, budget in methods]
     if "head" in engines:
-        cases += [{"engine": "head", "method": "tiled", "budget": 1.0},
+        cases += [{"engine": "minnat", "method": "full", "budget": 1.0, "head": "before"},
+                  {"engine": "head", "method": "tiled", "budget": 1.0},
                   {"engine": "head", "method": "before", "budget": 1.0}]
     return cases
 
@@ -109,6 +127,8 @@ def case_name(case: dict) -> str:
         return f"LM head {case['method']}"
     if case["engine"] == "trl":
         return "TRL stock"
+    if case.get("head") == "before":
+        return "minnat full, LM head before"
     budget = "" if case["method"] == "full" else f" ρ={case['budget']:g}"
     return f"{'minnat' if case['engine'] == 'minnat' else 'TRL+NAT'} {case['method']}{budget}"
 
@@ -133,6 +153,9 @@ def build_forward(case: dict, model, batch, spec: dict):
     engine, seed = case["engine"], spec["seed"]
     if engine == "minnat":
         selection = case_selection(case, batch, seed)
+        if case.get("head") == "before":
+            return lambda: with_previous_head(policy_update_loss, model, batch, selection,
+                                              loss_agg="seq-mean-token-mean")
         return lambda: policy_update_loss(model, batch, selection, loss_agg="seq-mean-token-mean")
     if engine == "head":
         generator = torch.Generator().manual_seed(seed)
@@ -343,6 +366,11 @@ def target_lines(rows: list[dict]) -> list[str]:
               full.get("time_ratio_reliable", True), full.get("time_ratio_note", ""))
     if rpc and rpc.get("reference") == "TRL stock":
         check("minnat RPC ρ=0.5 peak above start / TRL's", rpc["peak_above_start_ratio"], TARGETS["rpc_peak_vs_trl"])
+    before_step = by_name.get("minnat full, LM head before")
+    if full and before_step:
+        lines.append(f"minnat full's step, tiled head / previous head: peak above start "
+                     f"{full['peak_above_start_bytes'] / before_step['peak_above_start_bytes']:.3f} "
+                     f"({mib(full['peak_above_start_bytes'])} vs {mib(before_step['peak_above_start_bytes'])})")
     tiled = by_name.get("LM head tiled")
     if tiled and tiled.get("head_transient_ratio") is not None:
         check("LM head tiled / before, peak above start without the [V, H] weight gradient",
