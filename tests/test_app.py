@@ -127,6 +127,46 @@ def test_tokens_view_keeps_about_rho_with_weights_one_over_pi(client):
     assert "sampling seed 0 (typed)" in page
 
 
+def test_tokens_view_shows_the_contrasts_as_biased_with_weight_one(client):
+    """rpc-unweighted and top-entropy: named "(biased)", every kept token weighs 1, and the page says why."""
+    page, table, numbers, status = sample(client, methods=("rpc", "rpc-unweighted", "top-entropy"), budget=0.5,
+                                          seed=3)
+    assert status == "", status
+    kept_entropies, dropped_entropies, top_kept, total = [], [], 0, 0
+    for response in numbers["responses"]:
+        methods = response["methods"]
+        assert not methods["rpc"]["biased"]
+        for contrast in ("rpc-unweighted", "top-entropy"):
+            drawn = methods[contrast]
+            assert drawn["biased"]
+            assert drawn["weight"] == [float(keep) for keep in drawn["keep"]]  # weight 1, no 1/π_t
+        # rpc-unweighted cuts where RPC cuts (same seed) but drops the HT weights.
+        assert methods["rpc-unweighted"]["keep"] == methods["rpc"]["keep"]
+        assert max(methods["rpc"]["weight"]) > 1
+        top = methods["top-entropy"]
+        assert len(top["entropy"]) == len(response["tokens"])
+        kept_entropies += [h for h, keep in zip(top["entropy"], top["keep"]) if keep]
+        dropped_entropies += [h for h, keep in zip(top["entropy"], top["keep"]) if not keep]
+        top_kept += sum(top["keep"])
+        total += len(response["tokens"])
+    # top-entropy keeps the highest-entropy tokens of the group: about a fraction ρ of them.
+    assert min(kept_entropies) >= max(dropped_entropies)
+    assert abs(top_kept / total - 0.5) < 0.02
+    assert "rpc-unweighted<small>(biased)</small>" in page and "top-entropy<small>(biased)</small>" in page
+    assert "the same cuts as the RPC rows" in page and "weight 1, not 1/π" in page
+    assert "π<sub>t</sub> = 0: it never enters the gradient" in page and "deterministic given θ" in page
+    assert "**rpc-unweighted (biased)**" in table and "**top-entropy (biased)**" in table
+    assert table.count("n/a: weight 1, not 1/π<sub>t</sub>") == 2
+    # Another selection seed: rpc-unweighted follows RPC's new cut, top-entropy (deterministic) keeps the same.
+    _, _, again, _ = client.predict(["rpc", "rpc-unweighted", "top-entropy"], 0.5, 4, "uniform-floor",
+                                    api_name="/redraw")
+    for first, second in zip(numbers["responses"], again["responses"]):
+        assert second["methods"]["top-entropy"]["keep"] == first["methods"]["top-entropy"]["keep"]
+        assert second["methods"]["rpc-unweighted"]["keep"] == second["methods"]["rpc"]["keep"]
+    assert [r["methods"]["rpc"]["keep"] for r in again["responses"]] != \
+        [r["methods"]["rpc"]["keep"] for r in numbers["responses"]]
+
+
 def test_sample_without_a_seed_draws_fresh_responses_and_shows_the_seed(client):
     _, _, first, _ = sample(client, sample_seed=None, group_size=4)
     _, _, second, _ = sample(client, sample_seed=None, group_size=4)
@@ -286,6 +326,62 @@ def test_gradient_agreement_view_error_falls_with_k(client):
     # that one sequence "follows" the law.
     assert len(re.findall(r"\| \d\.\d\de-\d\d \|", table)) == 2
     assert "follow" not in table and "Measured ÷ predicted lies between" in table
+
+
+def test_gradient_agreement_contrasts_flatten_at_a_significant_bias_and_nat_has_none(client):
+    """NAT's bias is not significantly different from 0; rpc-unweighted's is, and its error stays at it."""
+    plot, table, numbers, status = client.predict(4, 8, ["urs", "rpc", "rpc-unweighted", "top-entropy"], "0.5", 32,
+                                                  "uniform-floor", 1, api_name="/gradient_agreement")
+    assert status == "", status
+    results = {r["method"]: r for r in numbers["results"]}
+    for method in ("urs", "rpc"):
+        assert not results[method]["biased"] and not results[method]["bias_significant"]
+        assert results[method]["bias_z"] < agreement.SIGNIFICANT_Z
+    unweighted = results["rpc-unweighted"]
+    assert unweighted["biased"] and unweighted["bias_significant"] and not unweighted["bias_exact"]
+    assert unweighted["bias_z"] >= agreement.SIGNIFICANT_Z and unweighted["bias"] > 0.1
+    # The error of the average flattens at the bias instead of falling like 1/√K, and stays above NAT's.
+    errors = unweighted["relative_error"]
+    assert abs(errors[-1] - unweighted["bias"]) < 0.2 * unweighted["bias"]
+    assert all(e > 0.5 * unweighted["bias"] for e in errors[8:])
+    assert max(results["urs"]["relative_error"][-1], results["rpc"]["relative_error"][-1]) < unweighted["bias"]
+    # top-entropy is deterministic: every draw is the same, the bias is exact (no z) and non-zero.
+    top = results["top-entropy"]
+    assert top["bias_exact"] and top["bias_z"] is None and top["bias"] > agreement.ROUNDING_BIAS
+    assert max(top["relative_error"]) == pytest.approx(min(top["relative_error"]), rel=1e-6)
+    assert top["bias"] == pytest.approx(top["relative_error"][0], rel=1e-6)
+    # The words are the numbers' verdicts, and the contrasts are named as biased.
+    assert "NAT's bias is not significantly different from 0 (URS ρ=0.5, RPC ρ=0.5" in table
+    assert "rpc-unweighted ρ=0.5 (biased): the bias is significantly non-zero" in table
+    assert "top-entropy ρ=0.5 (biased): deterministic given θ" in table and "exact" in table
+
+
+def gradient_result(method, bias_squared, standard_error, variance=0.2):
+    from minnat.diagnostics import GradientAgreement
+
+    bias = math.sqrt(max(bias_squared, 0))
+    return GradientAgreement(method=method, budget=0.5, cut_distribution=None, num_draws=16, cosine=[0.99] * 16,
+                             relative_error=[max(bias, 0.1)] * 16, draw_relative_errors=[0.4] * 16,
+                             per_draw_variance=variance, kept_fraction=0.5, full_gradient_norm=1.0,
+                             bias_squared=bias_squared, bias_squared_standard_error=standard_error, bias=bias,
+                             bias_standard_error=standard_error)
+
+
+@pytest.mark.parametrize("result, verdict", [
+    (("urs", -0.001, 0.002), "NAT's bias is not significantly different from 0 (URS ρ=0.5: z = -0.5)"),
+    (("rpc", 0.01, 0.002), "RPC ρ=0.5's estimate sits z = 5.0 standard errors above 0 at N = 16. NAT is unbiased "
+                           "by construction"),
+    (("rpc-unweighted", 0.25, 0.02), "rpc-unweighted ρ=0.5 (biased): the bias is significantly non-zero, "
+                                     "b = 0.500 ± 0.020 (z = 12.5)"),
+    (("rpc-unweighted", 0.01, 0.02), "rpc-unweighted ρ=0.5 (biased): the bias is not significantly different "
+                                     "from 0 at N = 16 (z = 0.5), although the method is biased by construction"),
+    (("top-entropy", 1e-4, 0.0), "top-entropy ρ=0.5 (biased): deterministic given θ, so every draw is the same"),
+    (("top-entropy", 1e-16, 0.0), "zero up to float rounding"),
+])
+def test_gradient_agreement_bias_words_are_chosen_from_the_numbers(result, verdict):
+    sentence = agreement.bias_sentence([gradient_result(*result)])
+    assert verdict in sentence, sentence
+    assert ("not significantly" in sentence) == ("not significantly" in verdict)
 
 
 @pytest.mark.parametrize("rewards, expected", [
@@ -462,6 +558,10 @@ def test_page_in_headless_chromium_shows_highlighted_tokens(server, tmp_path):
             draws.press("Enter")
             page.get_by_role("button", name="Compute").click()
             page.locator("#nat-agreement-table").filter(has_text="RPC ρ=0.5").wait_for(timeout=120_000)
+            # The default methods include the contrast, named as biased, with its bias in the table.
+            page.locator("#nat-agreement-table").filter(has_text="rpc-unweighted ρ=0.5 (biased)").wait_for(
+                timeout=120_000)
+            assert "bias b" in page.locator("#nat-agreement-table").inner_text()
 
             # Closing the tab mid-run stops its live training and removes the run's folder.
             page.get_by_role("tab", name="Live training").click()

@@ -16,6 +16,16 @@ drawn is plotted too; it wanders around √(V/K), the more so when the noise lie
 (then the error is nearly a single number, and one average of K numbers can land far from its
 RMS). The view also shows 1 − cos(ḡ_K, g_full) and V per method and budget.
 V is what training on fewer tokens costs: one draw per step adds it to the rollouts' own noise.
+
+The biased contrasts (rpc-unweighted, top-entropy; `minnat.nat.BIASED_METHODS`) can be run too.
+Their draws centre on E[g_k] ≠ g_full; with the bias b = ‖E[g_k] − g_full‖/‖g_full‖
+
+    E‖ḡ_K − g_full‖² / ‖g_full‖² = b² + (V − b²)/K,
+
+so their error flattens at b instead of falling like 1/√K (`GradientAgreement.predicted_relative_error`).
+Every method's b² is estimated from its N draws with a jackknife standard error (exactly, for
+the deterministic top-entropy), and the view says, from those numbers, which biases are
+significantly above 0 (z = b² / s.e. ≥ SIGNIFICANT_Z) and which are not.
 """
 from __future__ import annotations
 
@@ -34,10 +44,14 @@ from minnat.explorer.library import LoadedModel, Shared
 from minnat.explorer.style import legend_below, method_color
 from minnat.explorer.tokens import MAX_GROUP_SIZE
 from minnat.grpo import group_advantages
-from minnat.nat import RPC_CUT_DISTRIBUTIONS
+from minnat.nat import ALL_METHODS, RPC_CUT_DISTRIBUTIONS
 from minnat.rollout import generate
 
 MAX_AGREEMENT_DRAWS = 256
+SIGNIFICANT_Z = 3.0      # a bias is called significant when b² is at least this many standard errors above 0
+ROUNDING_BIAS = 1e-6     # an exact relative bias below this is float rounding, not a bias
+DEFAULT_METHODS = ("urs", "rpc", "rpc-unweighted")  # top-entropy is one tick away
+BIASED_HATCH = "///"
 
 
 def sample_training_batch(loaded: LoadedModel, task, num_prompts: int, group_size: int, seed: int):
@@ -94,53 +108,149 @@ class DrawStatistics:
 
 
 def agreement_figure(results, statistics) -> Figure:
-    """Relative error and 1 − cos of the K-draw average against K, and each method's per-draw variance."""
-    figure = Figure(figsize=(13, 4.6), layout="constrained")
-    axes = figure.subplots(1, 3)
+    """Relative error and 1 − cos of the K-draw average against K, each method's per-draw V, and its bias²."""
+    figure = Figure(figsize=(16, 4.6), layout="constrained")
+    axes = figure.subplots(1, 4, width_ratios=[1.2, 1.2, 0.75, 0.75], sharey=False)
+    axes[3].sharey(axes[2])
     budgets = sorted({r.budget for r in results})
     styles = ["-", "--", "-.", ":"]
     for result, stats in zip(results, statistics):
         style = styles[budgets.index(result.budget) % len(styles)]
         color = method_color(result.method)
         axes[0].plot(result.draws, result.relative_error, style, color=color, lw=1.6, label=result.label)
-        # What independent unbiased draws predict for the RMS error: √(V/K), V from these same draws.
+        # What independent draws predict for the RMS error: √(b² + (V − b²)/K), √(V/K) when unbiased.
         axes[0].plot(result.draws, [result.predicted_relative_error(k) for k in result.draws], color=color, lw=1,
                      alpha=0.6, ls=(0, (1, 2)))
+        if result.biased and result.bias > 0:  # the floor a contrast's error flattens at
+            axes[0].axhline(result.bias, color=color, lw=0.9, alpha=0.7, ls=(0, (6, 3)))
         blocks = stats.block_rms
         if blocks:
             axes[0].plot(list(blocks), list(blocks.values()), "o", color=color, ms=6, mfc="white", mew=1.6)
         axes[1].plot(result.draws, [max(1 - c, 1e-16) for c in result.cosine], style, color=color, lw=1.6,
                      label=result.label)
     if results:
-        axes[0].plot([], [], color="#374151", lw=1, ls=(0, (1, 2)), label="√(V/K): predicted RMS error")
+        axes[0].plot([], [], color="#374151", lw=1, ls=(0, (1, 2)),
+                     label="√(b² + (V − b²)/K): predicted RMS error (NAT: √(V/K))")
         axes[0].plot([], [], "o", color="#374151", ms=6, mfc="white", mew=1.6,
                      label="measured RMS error of disjoint K-draw averages")
+        if any(r.biased for r in results):
+            axes[0].plot([], [], color="#374151", lw=0.9, ls=(0, (6, 3)), label="bias b of a contrast (its floor)")
     axes[0].set_yscale("log")
     axes[0].set_title("relative error ‖ḡ$_K$ − g$_{full}$‖ / ‖g$_{full}$‖")
     axes[1].set_yscale("log")
     axes[1].set_title("1 − cos(ḡ$_K$, g$_{full}$)   (0: same direction)")
     for axis in axes[:2]:
         axis.set_xscale("log")
-        axis.set_xlabel("K = number of NAT draws averaged")
+        axis.set_xlabel("K = number of draws averaged")
         axis.grid(alpha=0.25, which="both")
     if results:
         variance_bars(axes[2], results)
-    axes[2].set_title("per-draw variance V = E‖g$_k$ − g$_{full}$‖² / ‖g$_{full}$‖²")
-    axes[2].grid(alpha=0.25, axis="y")
-    legend_below(figure, axes[:2], columns=min(len(results) + 2, 4))
+        bias_bars(axes[3], results)
+    axes[2].set_title("per-draw V = E‖g$_k$ − g$_{full}$‖² / ‖g$_{full}$‖²", fontsize=10)
+    axes[2].grid(alpha=0.25, axis="x")
+    axes[3].set_title("squared bias b² (± 2 s.e.)\nhatched: biased contrasts", fontsize=10)
+    axes[3].grid(alpha=0.25, axis="x")
+    legend_below(figure, axes[:2], columns=min(len(results) + 3, 4))
     return figure
 
 
 def variance_bars(axis, results) -> None:
-    labels = [r.label for r in results]
+    """V per method as horizontal bars (the labels read once, on the left), with the kept fraction."""
     values = [r.per_draw_variance for r in results]
-    bars = axis.bar(range(len(values)), values, color=[method_color(r.method) for r in results], alpha=0.85)
+    bars = axis.barh(range(len(values)), values, color=[method_color(r.method) for r in results], alpha=0.85,
+                     hatch=[BIASED_HATCH if r.biased else None for r in results], edgecolor="white")
     for bar, result in zip(bars, results):
-        axis.annotate(f"kept {result.kept_fraction:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                      ha="center", va="bottom", fontsize=8, color="#374151")
-    axis.set_xticks(range(len(values)), labels, rotation=20, ha="right", fontsize=9)
+        axis.annotate(f" kept {result.kept_fraction:.2f}", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                      ha="left", va="center", fontsize=7, color="#374151")
+    axis.set_yticks(range(len(values)), [r.label for r in results], fontsize=8)
+    axis.invert_yaxis()  # the first method on top, as in the table
     if max(values) > 30 * max(min(values), 1e-300):  # orders of magnitude apart: bars on a log axis
-        axis.set_yscale("log")
+        axis.set_xscale("log")
+        axis.set_xlim(max(min(values), 1e-300) / 3, max(values) * 30)  # room for the labels on the right
+    else:
+        axis.margins(x=0.35)
+
+
+def bias_bars(axis, results) -> None:
+    """b² per method with ± 2 standard errors (none for the exact, deterministic ones), and its z."""
+    values = [r.bias_squared for r in results]
+    errors = [2 * r.bias_squared_standard_error if math.isfinite(r.bias_squared_standard_error) else 0.0
+              for r in results]
+    axis.barh(range(len(values)), values, xerr=errors, capsize=3, color=[method_color(r.method) for r in results],
+              alpha=0.85, hatch=[BIASED_HATCH if r.biased else None for r in results], edgecolor="white",
+              error_kw=dict(lw=1, ecolor="#111827"))
+    axis.axvline(0, color="#111827", lw=0.8)
+    for index, result in enumerate(results):
+        axis.annotate(" " + bias_z_text(result), (max(values[index], 0) + errors[index], index), ha="left",
+                      va="center", fontsize=7, color="#374151")
+    axis.tick_params(axis="y", labelleft=False)
+    axis.margins(x=0.3)
+
+
+def bias_exact(result) -> bool:
+    """True when the bias has no sampling error: a deterministic method (every draw is the same), or
+    draws that all equal g_full up to rounding (NAT at ρ = 1)."""
+    return result.bias_squared_standard_error == 0.0 or result.per_draw_variance < ROUNDING_BIAS ** 2
+
+
+def bias_z_text(result) -> str:
+    if bias_exact(result):
+        return "exact"
+    return f"z = {result.bias_z:.1f}" if math.isfinite(result.bias_z) else "z: needs N ≥ 3"
+
+
+def bias_cell(result) -> str:
+    """The table's bias: b, with b² ± its standard error and z (or "exact")."""
+    if bias_exact(result):
+        return f"{result.bias:.2g} (exact: every draw is the same)"
+    if not math.isfinite(result.bias_squared_standard_error):
+        return "— (needs N ≥ 3)"
+    return (f"{result.bias:.3f} (b² = {result.bias_squared:.2g} ± {result.bias_squared_standard_error:.2g}, "
+            f"z = {result.bias_z:.1f})")
+
+
+def bias_sentence(results) -> str:
+    """Which biases are significantly above 0 and which are not, in words chosen from the measured numbers."""
+    parts = []
+    measured = [r for r in results if not bias_exact(r) and math.isfinite(r.bias_squared_standard_error)]
+    nat = [r for r in measured if not r.biased]
+    quiet = [r for r in nat if r.bias_z < SIGNIFICANT_Z]
+    if quiet:
+        zs = [r.bias_z for r in quiet]
+        span = f"z = {zs[0]:.1f}" if len(zs) == 1 else f"z from {min(zs):.1f} to {max(zs):.1f}"
+        parts.append(f"NAT's bias is not significantly different from 0 ({', '.join(r.label for r in quiet)}: "
+                     f"{span}), as E[keep<sub>t</sub>/π<sub>t</sub>] = 1 requires.")
+    for r in nat:
+        if r.bias_z >= SIGNIFICANT_Z:
+            parts.append(f"{r.label}'s estimate sits z = {r.bias_z:.1f} standard errors above 0 at N = "
+                         f"{r.num_draws}. NAT is unbiased by construction (E[keep<sub>t</sub>/π<sub>t</sub>] = 1), "
+                         "so this is chance or too few draws for the jackknife error: raise N to check.")
+    for r in measured:
+        if not r.biased:
+            continue
+        if r.bias_z >= SIGNIFICANT_Z:
+            parts.append(f"{r.label}: the bias is significantly non-zero, b = {r.bias:.3f} ± "
+                         f"{r.bias_standard_error:.3f} (z = {r.bias_z:.1f}); the average of all N = {r.num_draws} "
+                         f"draws is still {r.relative_error[-1]:.3f} from g<sub>full</sub>, as averaging does not "
+                         "remove a bias.")
+        else:
+            parts.append(f"{r.label}: the bias is not significantly different from 0 at N = {r.num_draws} "
+                         f"(z = {r.bias_z:.1f}), although the method is biased by construction: raise N to "
+                         "resolve it.")
+    for r in results:
+        if not bias_exact(r) or not r.biased:
+            continue
+        if r.bias < ROUNDING_BIAS:
+            parts.append(f"{r.label}: deterministic given θ, so every draw is the same and the bias is "
+                         f"measured exactly: {r.bias:.1g}, zero up to float rounding.")
+        else:
+            parts.append(f"{r.label}: deterministic given θ, so every draw is the same and its error is its "
+                         f"bias at every K, measured exactly (no sampling error): b = {r.bias:.2g}, non-zero — "
+                         "the size of the gradient of the tokens it drops (π<sub>t</sub> = 0), "
+                         f"{100 * r.bias:.2g}% of ‖g<sub>full</sub>‖ on this batch.")
+    if not parts:
+        return ""
+    return (f"**Bias** (b² is significant at z = b²/s.e. ≥ {SIGNIFICANT_Z:g}). " + " ".join(parts))
 
 
 def law_sentence(results, statistics) -> str:
@@ -159,9 +269,10 @@ def law_sentence(results, statistics) -> str:
 
 
 def agreement_summary(results, statistics, batch_note: str) -> str:
-    rows = [batch_note, "", "| method | kept fraction | per-draw variance V | share of V along g<sub>full</sub> | "
-            "RMS error of disjoint k-draw averages: measured vs √(V/k) | error of the average of all N draws: "
-            "this sequence vs √(V/N) | 1 − cos at N |", "|---|---|---|---|---|---|---|"]
+    rows = [batch_note, "", "| method | kept fraction | per-draw V | share of V along g<sub>full</sub> | "
+            "RMS error of disjoint k-draw averages: measured vs predicted | error of the average of all N draws: "
+            "this sequence vs predicted | 1 − cos at N | bias b = ‖E[g<sub>k</sub>] − g<sub>full</sub>‖ / "
+            "‖g<sub>full</sub>‖ |", "|---|---|---|---|---|---|---|---|"]
     for r, stats in zip(results, statistics):
         blocks = stats.block_rms
         if blocks:
@@ -172,11 +283,16 @@ def agreement_summary(results, statistics, batch_note: str) -> str:
             block_text = "— (needs N ≥ 16)"
         rows.append(f"| **{r.label}** | {r.kept_fraction:.2f} | {r.per_draw_variance:.3g} | "
                     f"{stats.along_share:.1%} | {block_text} | N = {r.num_draws}: {r.relative_error[-1]:.3f} vs "
-                    f"{r.predicted_relative_error(r.num_draws):.3f} | {max(1 - r.cosine[-1], 0.0):.2e} |")
+                    f"{r.predicted_relative_error(r.num_draws):.3f} | {max(1 - r.cosine[-1], 0.0):.2e} | "
+                    f"{bias_cell(r)} |")
     along = min((stats.along_share for stats in statistics), default=0.0)
+    contrasts = any(r.biased for r in results)
     rows.append(
         "\nEach NAT draw is an unbiased but noisy estimate of the full gradient. For independent draws the "
         "*root-mean-square* error of a K-draw average is √(V/K): the dotted lines of slope −½. "
+        + ("A (biased) contrast's draws centre on E[g<sub>k</sub>] ≠ g<sub>full</sub>: the RMS error is "
+           "√(b² + (V − b²)/K), whose dotted line flattens at the bias b (dashed) instead of falling like 1/√K. "
+           if contrasts else "")
         + law_sentence(results, statistics) +
         " The solid curve is one sequence of running averages, a single realisation that wanders around its RMS"
         + (f": here at least {along:.0%} of V lies along g<sub>full</sub>, so the error is nearly one number (a "
@@ -184,6 +300,9 @@ def agreement_summary(results, statistics, batch_note: str) -> str:
            "numbers can land far below or above √(V/K)." if along >= 0.5 else ".")
         + " V is the price of training on fewer tokens; in training, one draw per step adds V to the "
         "rollouts' own sampling noise.")
+    sentence = bias_sentence(results)
+    if sentence:
+        rows.append("\n" + sentence)
     return "\n".join(rows)
 
 
@@ -203,6 +322,18 @@ def batch_description(batch, prompts: int, size: int) -> tuple[str, int]:
     return note, mixed
 
 
+def finite(value: float) -> float | None:
+    """JSON has no infinity: None stands for "no finite value" (an exact bias has z = ∞)."""
+    return value if math.isfinite(value) else None
+
+
+def bias_significant(result) -> bool:
+    """The verdict the page states: b² at least SIGNIFICANT_Z standard errors above 0, or exact and non-zero."""
+    if bias_exact(result):
+        return result.bias >= ROUNDING_BIAS
+    return math.isfinite(result.bias_z) and result.bias_z >= SIGNIFICANT_Z
+
+
 def result_numbers(results, statistics, prompts: int, size: int, mixed: int) -> dict:
     return {"batch": {"prompts": prompts, "group_size": size, "mixed_groups": mixed,
                       "full_gradient_norm": results[0].full_gradient_norm},
@@ -213,7 +344,12 @@ def result_numbers(results, statistics, prompts: int, size: int, mixed: int) -> 
                          "per_draw_variance": r.per_draw_variance, "kept_fraction": r.kept_fraction,
                          "variance_share_along_full": stats.along_share,
                          "block_rms_error": {str(k): v for k, v in stats.block_rms.items()},
-                         "predicted_rms_error": {str(k): r.predicted_relative_error(k) for k in stats.block_rms}}
+                         "predicted_rms_error": {str(k): r.predicted_relative_error(k) for k in stats.block_rms},
+                         "biased": r.biased, "bias": r.bias, "bias_standard_error": finite(r.bias_standard_error),
+                         "bias_squared": r.bias_squared,
+                         "bias_squared_standard_error": finite(r.bias_squared_standard_error),
+                         "bias_z": finite(r.bias_z), "bias_exact": bias_exact(r),
+                         "bias_significant": bias_significant(r)}
                         for r, stats in zip(results, statistics)]}
 
 
@@ -227,7 +363,8 @@ def run_agreement(shared: Shared, model, prompts, size, shown, budget_text, draw
         draws = whole_number(draws, "the number of draws N", 1, MAX_AGREEMENT_DRAWS)
         seed = whole_number(seed, "the seed", 0, 2**31 - 1)
         budgets = parse_budgets(budget_text)
-        shown = chosen_methods(shown, include_full=False, what="choose at least one NAT method (URS or RPC).")
+        shown = chosen_methods(shown, include_full=False, methods=ALL_METHODS,
+                               what="choose at least one NAT method (URS or RPC) or a contrast.")
         loaded = shared.session_model(model)
     except ValueError as error:
         yield *keep, show_error(error), stop
@@ -249,7 +386,7 @@ def run_agreement(shared: Shared, model, prompts, size, shown, budget_text, draw
         if stop.is_set():
             break
         yield *keep, note_box(f"Computing {method_label(method, rho)} ({index + 1} of {len(runs)}): "
-                              f"{draws} NAT gradients…"), stop
+                              f"{draws} selection gradients…"), stop
         statistics.append(DrawStatistics(full_gradient, draws))
         with loaded.lock:
             results.append(gradient_agreement(
@@ -265,19 +402,21 @@ def build_agreement_tab(shared: Shared) -> None:
     """The Gradient-agreement tab's controls and events (call inside `with gr.Tab(...)`)."""
     gr.Markdown("Sample a real batch, compute the full-token GRPO gradient g<sub>full</sub>, then N NAT "
                 "gradients g<sub>k</sub> (one per random selection). NAT is unbiased, so the root-mean-square "
-                "error of an average of K draws falls like 1/√K; the per-draw variance V is its price.")
+                "error of an average of K draws falls like 1/√K; the per-draw variance V is its price. The "
+                "*(biased)* contrasts weigh kept tokens 1 instead of 1/π<sub>t</sub>: their error flattens at "
+                "their bias b.")
     stop_state = gr.State(None)
-    nat_methods = method_choices(include_full=False)
+    choices = method_choices(include_full=False, include_biased=True)
     with gr.Row():
         prompts = gr.Slider(1, 16, value=4, step=1, label="prompts", info="questions in the batch")
         group = gr.Slider(2, MAX_GROUP_SIZE, value=8, step=1, label="responses per prompt G",
                           info="batch = prompts × G responses")
-        methods = gr.CheckboxGroup(nat_methods, value=[value for _, value in nat_methods], label="methods",
-                                   info="full is the reference")
+        methods = gr.CheckboxGroup(choices, value=list(DEFAULT_METHODS), label="methods",
+                                   info="full is the reference; the (biased) contrasts show what 1/π_t is for")
         budgets = gr.Textbox("0.25, 0.5", label="budgets ρ", info="comma-separated, each in (0, 1]")
     with gr.Row():
         draws = gr.Number(32, precision=0, label="draws N (largest K)",
-                          info=f"NAT gradients per method and budget, at most {MAX_AGREEMENT_DRAWS}")
+                          info=f"gradients per method and budget, at most {MAX_AGREEMENT_DRAWS}")
         cut = gr.Radio(list(RPC_CUT_DISTRIBUTIONS), value="uniform-floor", label="RPC cut distribution",
                        info="as in the Tokens view")
         seed = gr.Number(0, precision=0, label="seed", info="fixes the batch and the draws")

@@ -2,8 +2,10 @@
 
 Controls arrive as whatever gradio hands over (floats for Number boxes, None for an empty one);
 each value is checked here into the type the library expects, or refused with a sentence that
-says what to type instead. The method list is the library's (`minnat.nat.METHODS`), so a method
-added there shows up in every view's checkboxes without touching the explorer.
+says what to type instead. The method lists are the library's (`minnat.nat.METHODS` for NAT,
+`minnat.nat.ALL_METHODS` with the biased contrasts), so a method added there shows up in the
+views' checkboxes without touching the explorer. A contrast is always named with "(biased)":
+it is not NAT, and its gradient is not g_full in expectation.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import secrets
 import gradio as gr
 import torch
 
-from minnat.nat import METHODS, check_budget
+from minnat.nat import ALL_METHODS, BIASED_METHODS, METHODS, check_budget
 
 METHOD_NAMES = {"full": "full", "urs": "URS", "rpc": "RPC"}  # display names; other methods show their own
 MAX_SEED = 2**31 - 1
@@ -24,23 +26,28 @@ MAX_SEED = 2**31 - 1
 # ----------------------------------------------------------------------------- methods
 
 def method_name(method: str) -> str:
-    return METHOD_NAMES.get(method, method)
+    """"URS", "RPC", "rpc-unweighted (biased)": a contrast always says it is biased."""
+    name = METHOD_NAMES.get(method, method)
+    return f"{name} (biased)" if method in BIASED_METHODS else name
 
 
 def method_label(method: str, budget: float | None = None) -> str:
-    """"URS ρ=0.5"; full has no budget."""
-    name = method_name(method)
-    return name if method == "full" or budget is None else f"{name} ρ={budget:g}"
+    """"URS ρ=0.5", "top-entropy ρ=0.2 (biased)"; full has no budget."""
+    name = METHOD_NAMES.get(method, method)
+    label = name if method == "full" or budget is None else f"{name} ρ={budget:g}"
+    return f"{label} (biased)" if method in BIASED_METHODS else label
 
 
-def method_choices(include_full: bool = True) -> list[tuple[str, str]]:
-    """(label, value) pairs for a CheckboxGroup, in the library's order."""
-    return [(method_name(method), method) for method in METHODS if include_full or method != "full"]
+def method_choices(include_full: bool = True, include_biased: bool = False) -> list[tuple[str, str]]:
+    """(label, value) pairs for a CheckboxGroup, in the library's order (the contrasts last)."""
+    methods = ALL_METHODS if include_biased else METHODS
+    return [(method_name(method), method) for method in methods if include_full or method != "full"]
 
 
-def chosen_methods(shown, include_full: bool = True, what: str = "choose at least one method to show.") -> list[str]:
-    """The ticked methods in the library's order, or a ValueError saying what to tick."""
-    chosen = [method for method in METHODS if method in (shown or []) and (include_full or method != "full")]
+def chosen_methods(shown, include_full: bool = True, what: str = "choose at least one method to show.",
+                   methods=METHODS) -> list[str]:
+    """The ticked methods among `methods`, in the library's order, or a ValueError saying what to tick."""
+    chosen = [method for method in methods if method in (shown or []) and (include_full or method != "full")]
     if not chosen:
         raise ValueError(what)
     return chosen

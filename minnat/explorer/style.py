@@ -1,8 +1,9 @@
 """How the explorer looks: one colour per method in every view, the page's CSS, and plot conventions.
 
 Plot conventions, the same in every view so a reader learns them once:
-  * a method has one colour everywhere (full grey, URS blue, RPC orange; a method the library
-    adds later gets the next colour of `EXTRA_COLORS`);
+  * a method has one colour everywhere (full grey, URS blue, RPC orange; the biased contrasts
+    rpc-unweighted purple and top-entropy green; a method the library adds later gets the next
+    colour of `EXTRA_COLORS`);
   * the legend sits below the panels, never on top of the data (`legend_below`);
   * an axis that counts steps or draws has whole-number ticks only (`whole_number_ticks`).
 """
@@ -14,17 +15,18 @@ matplotlib.use("Agg")  # no display: figures are rendered to PNG for the page
 import gradio as gr  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from minnat.nat import METHODS  # noqa: E402
+from minnat.nat import ALL_METHODS  # noqa: E402
 
-METHOD_COLORS = {"full": "#4b5563", "urs": "#2563eb", "rpc": "#ea580c"}
-EXTRA_COLORS = ["#059669", "#7c3aed", "#db2777", "#0891b2", "#65a30d"]
+METHOD_COLORS = {"full": "#4b5563", "urs": "#2563eb", "rpc": "#ea580c",
+                 "rpc-unweighted": "#7c3aed", "top-entropy": "#059669"}
+EXTRA_COLORS = ["#db2777", "#0891b2", "#65a30d", "#ca8a04"]
 CUT_DISTRIBUTION_COLORS = {"uniform-floor": "#ea580c", "power": "#b45309"}
 
 
 def method_color(method: str) -> str:
     if method in METHOD_COLORS:
         return METHOD_COLORS[method]
-    others = [m for m in METHODS if m not in METHOD_COLORS]
+    others = [m for m in ALL_METHODS if m not in METHOD_COLORS]
     index = others.index(method) if method in others else len(others)
     return EXTRA_COLORS[index % len(EXTRA_COLORS)]
 
@@ -69,7 +71,12 @@ TOKENS_CSS = """
 .nat-reward.good {background:#dcfce7;color:#166534;}
 .nat-reward.bad {background:#fee2e2;color:#991b1b;}
 .nat-line {display:grid;grid-template-columns:42px 1fr 58px;align-items:start;margin:1px 0;}
+.nat-tokens.with-contrasts .nat-line {grid-template-columns:104px 1fr 58px;}
 .nat-method {font-weight:700;font-size:12px;padding-top:2px;}
+.nat-method small {display:block;font-weight:600;font-size:10px;line-height:11px;}
+.nat-contrasts {margin:8px 0 2px 0;padding:6px 10px;border:1px solid #ddd6fe;border-radius:8px;background:#faf5ff;
+                color:#374151;}
+.nat-contrasts p {margin:3px 0;}
 .nat-count {font-size:11px;color:#6b7280;text-align:right;padding-top:3px;}
 .nat-seq {display:flex;flex-wrap:wrap;gap:1px;}
 .tok {display:inline-block;min-width:11px;text-align:center;font-family:ui-monospace,Consolas,monospace;

@@ -6,6 +6,17 @@ group with `minnat.nat.select_tokens`. Each response is shown once per method, t
     kept token t     tinted by its Horvitz–Thompson weight w_t = 1/π_t (log colour scale)
     dropped token    pale; hovering shows the π_t it had and the weight it would have carried
 
+The biased contrasts (`minnat.nat.BIASED_METHODS`, drawn by `select_tokens_biased`) can be shown
+too, always named "(biased)", to see what goes wrong without Horvitz–Thompson:
+
+    rpc-unweighted   RPC's cut (the same cut as the RPC row: same seed), weight 1 instead of 1/π_t,
+                     the loss divided by the kept count: token t counts π_t times on average
+                     instead of once, so the answer's tail is under-trained and nothing makes up for it
+    top-entropy      the fraction ρ of the group's tokens with the highest entropy H_t under the
+                     current policy (`minnat.entropy.response_entropies`, at the sampling
+                     temperature 1), weight 1: deterministic given θ, and a token below the
+                     threshold has π_t = 0, so it never enters the gradient
+
 The table under the picture counts, for each method, the tokens trained on, the HT estimate
 Σ_{kept} 1/π_t of the number of response tokens (one draw's value; its expectation over draws
 is exactly Σ_i |o_i|, the number of response tokens),
@@ -27,13 +38,14 @@ from dataclasses import dataclass
 import gradio as gr
 import torch
 
+from minnat.entropy import response_entropies
 from minnat.explorer.helpers import (MAX_SEED, chosen_methods, method_choices, method_name, note_box, seed_or_fresh,
                                      seeded, show_error, significant, whole_number)
 from minnat.explorer.library import LoadedModel, Shared
 from minnat.explorer.style import TOKENS_CSS, method_color
 from minnat.logprobs import LogprobStats, response_logprobs
-from minnat.nat import (RPC_CUT_DISTRIBUTIONS, RPC_FLOOR_FRACTION, check_budget, rpc_inclusion_probabilities,
-                        select_tokens)
+from minnat.nat import (ALL_METHODS, BIASED_METHODS, METHODS, RPC_CUT_DISTRIBUTIONS, RPC_FLOOR_FRACTION,
+                        check_budget, rpc_inclusion_probabilities, select_for_method)
 from minnat.rollout import generate
 from minnat.tasks import ArithmeticTask, Example
 
@@ -57,6 +69,7 @@ class SampledGroup:
     truncated: list
     sample_seed: int = 0          # the seed the responses were sampled with
     sample_seed_fixed: bool = True  # typed by the user (False: a fresh random seed)
+    entropies: torch.Tensor | None = None  # float [G, T]: H_t of the sampling policy (for top-entropy)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -89,6 +102,9 @@ def sample_group(loaded: LoadedModel, task, prompt: str, group_size: int, seed: 
     with loaded.lock, seeded(seed):
         batch = generate(loaded.model, loaded.tokenizer, task, [example], group_size=group_size,
                          max_new_tokens=loaded.max_new_tokens, temperature=1.0)
+        # One forward pass, kept with the responses, so that top-entropy can be redrawn without the model.
+        entropies = response_entropies(loaded.model, batch.input_ids, batch.attention_mask, batch.response_mask,
+                                       temperature=1.0)
     special_ids = set(loaded.tokenizer.all_special_ids)
     prompt_columns = batch.prompt_columns
     texts, special = [], []
@@ -99,13 +115,18 @@ def sample_group(loaded: LoadedModel, task, prompt: str, group_size: int, seed: 
         special.append([token in special_ids for token in ids])
     return SampledGroup(loaded.name, task.prompt_text(example), has_reference, batch.input_ids.cpu(),
                         batch.attention_mask.cpu(), batch.response_mask.cpu(), batch.rewards.tolist(), texts,
-                        special, batch.truncated.tolist(), int(seed), seed_fixed)
+                        special, batch.truncated.tolist(), int(seed), seed_fixed, entropies.float().cpu())
 
 
 def draw_selections(group: SampledGroup, methods, budget: float, seed: int, cut_distribution: str) -> dict:
-    """One NAT draw per shown method over the group's responses (each method its own seeded stream)."""
-    return {method: select_tokens(group.response_mask, method, budget if method != "full" else 1.0,
-                                  torch.Generator().manual_seed(int(seed)), cut_distribution=cut_distribution)
+    """One draw per shown method over the group's responses, each method its own stream seeded with
+    `seed` (so rpc-unweighted cuts exactly where RPC does); the contrasts via `select_for_method`."""
+    if "top-entropy" in methods and group.entropies is None:
+        raise ValueError("top-entropy needs the entropies of these responses, which this sample does not have; "
+                         "sample the responses again.")
+    return {method: select_for_method(group.response_mask, method, budget if method != "full" else 1.0,
+                                      torch.Generator().manual_seed(int(seed)), entropies=group.entropies,
+                                      cut_distribution=cut_distribution)
             for method in methods}
 
 
@@ -153,17 +174,28 @@ def color_scale_top(budget: float, selections: dict, cut_distribution: str, leng
     return min(top, 1e6)
 
 
-def token_span(text: str, special: bool, kept: bool, position: int, pi: float, top: float) -> str:
+def token_tip(method: str, kept: bool, position: int, pi: float, weight: float, entropy: float | None) -> str:
+    """The hover text of one token: what the draw did with it and why (the contrasts say they are biased)."""
+    if method == "top-entropy":
+        state = "kept" if kept else "dropped (below the entropy threshold: π = 0, never kept)"
+        return f"token {position}: {state} · entropy H = {entropy:.3g} nats" + (" · weight 1 (biased)" if kept else "")
+    if method == "rpc-unweighted":
+        if kept:
+            return f"token {position}: kept · weight 1, not 1/π = {1.0 / pi:.3g} (biased) · π = {pi:.3g}"
+        return f"token {position}: dropped this draw · π = {pi:.3g} (would weigh 1: no 1/π)"
+    if kept:
+        return f"token {position}: kept · π = {pi:.3g} · weight 1/π = {weight:.3g}"
+    return f"token {position}: dropped this draw · π = {pi:.3g} (would weigh {1.0 / pi:.3g})"
+
+
+def token_span(text: str, special: bool, kept: bool, weight: float, top: float, tip: str) -> str:
     shown = html.escape(text).replace(" ", "&nbsp;").replace("\n", "↵") or "&nbsp;"
     if special:
         shown = "⏎"
     if kept:
-        weight = 1.0 / pi
         background, color = weight_color(weight, top)
-        tip = f"token {position}: kept · π = {pi:.3g} · weight 1/π = {weight:.3g}"
         return (f"<span class='tok kept' style='background:{background};color:{color}' "
                 f"title='{html.escape(tip)}' data-weight='{weight:.6g}'>{shown}</span>")
-    tip = f"token {position}: dropped this draw · π = {pi:.3g} (would weigh {1.0 / pi:.3g})"
     return f"<span class='tok dropped' title='{html.escape(tip)}'>{shown}</span>"
 
 
@@ -191,16 +223,25 @@ def response_card(group: SampledGroup, row: int, selections: dict, top: float) -
         badge = "<span class='nat-reward'>reward — (no reference answer)</span>"
     cut_note = " · hit the length limit" if group.truncated[row] else ""
     lines, numbers = [], {}
+    entropies = (group.entropies[row, :len(tokens)].tolist() if group.entropies is not None
+                 else [None] * len(tokens))
     for method, selection in selections.items():
         keep = selection.keep[row, :len(tokens)].tolist()
         pi = selection.inclusion_prob[row, :len(tokens)].tolist()
-        spans = "".join(token_span(text, special, kept, position + 1, p, top) for position, (text, special, kept, p)
-                        in enumerate(zip(tokens, group.special[row], keep, pi)))
+        weights = selection.weights[row, :len(tokens)].tolist()
+        spans = "".join(token_span(text, special, kept, weight, top,
+                                   token_tip(method, kept, position + 1, p, weight, entropy))
+                        for position, (text, special, kept, p, weight, entropy)
+                        in enumerate(zip(tokens, group.special[row], keep, pi, weights, entropies)))
+        name = (f"{html.escape(method)}<small>(biased)</small>" if method in BIASED_METHODS
+                else html.escape(method_name(method)))
         lines.append(f"<div class='nat-line'><span class='nat-method' style='color:{method_color(method)}'>"
-                     f"{method_name(method)}</span><div class='nat-seq'>{spans}</div>"
+                     f"{name}</span><div class='nat-seq'>{spans}</div>"
                      f"<span class='nat-count'>{sum(keep)}/{len(tokens)}</span></div>")
         numbers[method] = {"keep": [int(k) for k in keep], "inclusion_prob": [significant(p) for p in pi],
-                           "weight": [significant(w) for w in selection.weights[row, :len(tokens)].tolist()]}
+                           "weight": [significant(w) for w in weights], "biased": method in BIASED_METHODS}
+        if method == "top-entropy":
+            numbers[method]["entropy"] = [significant(h) for h in entropies]
     card = (f"<div class='nat-card'><div class='nat-head'><b>response {row + 1}</b> · {len(tokens)} tokens"
             f"{cut_note} {badge}</div>{''.join(lines)}</div>")
     return card, {"response": row + 1, "reward": reward, "tokens": tokens, "methods": numbers}
@@ -218,8 +259,11 @@ def selection_table(group: SampledGroup, selections: dict, budget: float, loaded
         positions = f"{stats.real_tokens_to_model:,}" if stats else "—"
         head = f"{stats.positions_scored:,}" if stats else "—"
         target = "" if method == "full" else f" (ρ = {budget:g})"
+        # A contrast's weights are 1, not 1/π_t: their sum is the kept count, not an estimate of the total.
+        estimate = ("n/a: weight 1, not 1/π<sub>t</sub>" if method in BIASED_METHODS
+                    else f"{float(selection.weights.sum()):.1f}")
         rows.append(f"| **{method_name(method)}** | {kept} of {total} | {kept / max(total, 1):.2f}{target} | "
-                    f"{float(selection.weights.max()) if kept else 0:.3g} | {float(selection.weights.sum()):.1f} | "
+                    f"{float(selection.weights.max()) if kept else 0:.3g} | {estimate} | "
                     f"{positions} | {head} |")
     return "\n".join(rows) + (
         f"\n\n*Σ 1/π<sub>t</sub> over kept tokens* is this draw's Horvitz–Thompson estimate of the number of "
@@ -227,7 +271,54 @@ def selection_table(group: SampledGroup, selections: dict, budget: float, loaded
         f"exactly {total}. "
         "*Transformer positions*: prompt + response tokens the rows need the transformer to run over (RPC: "
         "each response only up to its cut; micro-batches may add a little padding on top); "
-        "*LM-head positions*: where the vocabulary projection and log-softmax run (URS and RPC: kept tokens only).")
+        "*LM-head positions*: where the vocabulary projection and log-softmax run (URS and RPC: kept tokens only)."
+        + (" The (biased) contrasts weigh each kept token 1, so they have no Horvitz–Thompson estimate."
+           if any(method in BIASED_METHODS for method in selections) else ""))
+
+
+def value_range(values: torch.Tensor) -> str:
+    """"= 0.1" or "between 0.1 and 0.3" (two significant digits)."""
+    low, high = f"{float(values.min()):.2g}", f"{float(values.max()):.2g}"
+    return f"= {low}" if low == high else f"between {low} and {high}"
+
+
+def contrast_notes(group: SampledGroup, selections: dict, budget: float) -> str:
+    """Why each shown contrast is biased, in one paragraph each, with this draw's numbers (html, or "")."""
+    mask = group.response_mask
+    total = int(mask.sum())
+    paragraphs = []
+    if "rpc-unweighted" in selections:
+        selection = selections["rpc-unweighted"]
+        lengths = mask.sum(dim=1)
+        last = selection.inclusion_prob[torch.arange(mask.shape[0]), (lengths - 1).clamp(min=0)][lengths > 0]
+        same_cut = ("rpc" in selections and torch.equal(selections["rpc"].keep, selection.keep))
+        paragraphs.append(
+            f"<b style='color:{method_color('rpc-unweighted')}'>rpc-unweighted (biased)</b> keeps RPC's random "
+            "prefix" + (" (the same cuts as the RPC rows: same seed)" if same_cut else "") +
+            " but weighs each kept token 1 instead of 1/π<sub>t</sub>, and divides the loss by the kept count "
+            "instead of |o<sub>i</sub>|: it trains on the truncated answer. The tail past each cut is not "
+            "trained in this draw, and no weight makes up for it in the draws that do keep it: token t counts "
+            "π<sub>t</sub> times on average instead of once. Here the last token of a response is kept with "
+            f"π<sub>t</sub> {value_range(last)}, so it counts that little. Its expected gradient is not "
+            "g<sub>full</sub>.")
+    if "top-entropy" in selections and group.entropies is not None:
+        keep = selections["top-entropy"].keep
+        entropies = group.entropies
+        dropped = mask & ~keep
+        kept_mean = float(entropies[keep].mean()) if bool(keep.any()) else float("nan")
+        dropped_mean = float(entropies[dropped].mean()) if bool(dropped.any()) else float("nan")
+        paragraphs.append(
+            f"<b style='color:{method_color('top-entropy')}'>top-entropy (biased)</b> keeps the tokens whose "
+            "entropy H<sub>t</sub> under the current policy is at or above the (1 − ρ)-quantile of this group's "
+            f"response tokens ({int(keep.sum())} of {total} at ρ = {budget:g}; ties are kept), weight 1 — TRL's "
+            "<code>top_entropy_quantile</code>. It is deterministic given θ and the responses (<i>Draw "
+            "again</i> keeps the same tokens), and a token below the threshold has π<sub>t</sub> = 0: it never "
+            "enters the gradient, so the expected gradient is not g<sub>full</sub> unless those tokens' "
+            f"gradients vanish. Mean entropy here: kept tokens {kept_mean:.3g} nats, dropped ones "
+            f"{dropped_mean:.3g} nats.")
+    if not paragraphs:
+        return ""
+    return "<div class='nat-contrasts'>" + "".join(f"<p>{text}</p>" for text in paragraphs) + "</div>"
 
 
 def render_tokens(group: SampledGroup, methods, budget: float, seed: int, cut_distribution: str,
@@ -241,7 +332,9 @@ def render_tokens(group: SampledGroup, methods, budget: float, seed: int, cut_di
     prompt_line = (f"<div class='nat-prompt'>prompt <code>{html.escape(group.prompt)}</code> · "
                    f"{len(lengths)} sampled responses · sampling seed {group.sample_seed} ({how}) · "
                    f"selection seed {int(seed)}</div>")
-    page = f"<div class='nat-tokens'>{prompt_line}{legend_html(top, budget)}{''.join(cards)}</div>"
+    wide = " with-contrasts" if any(method in BIASED_METHODS for method in selections) else ""
+    page = (f"<div class='nat-tokens{wide}'>{prompt_line}{legend_html(top, budget)}"
+            f"{contrast_notes(group, selections, budget)}{''.join(cards)}</div>")
     numbers = {"budget": budget, "seed": int(seed), "sampling_seed": group.sample_seed,
                "sampling_seed_fixed": group.sample_seed_fixed, "cut_distribution": cut_distribution,
                "prompt": group.prompt, "responses": list(details)}
@@ -257,7 +350,7 @@ def sample_responses(shared: Shared, model, text, size, seed_sample, shown, rho,
         size = whole_number(size, "the number of responses G", 2, MAX_GROUP_SIZE)
         seed_sample, seed_fixed = seed_or_fresh(seed_sample, "the sampling seed")
         rho = check_budget(rho)
-        shown = chosen_methods(shown)
+        shown = chosen_methods(shown, methods=ALL_METHODS)
         if progress is not None:
             progress(0.1, desc="sampling responses")
         loaded = shared.session_model(model)
@@ -280,7 +373,7 @@ def redraw_selection(shared: Shared, model, group, shown, rho, seed_draw, distri
     try:
         rho = check_budget(rho)
         seed_draw = whole_number(seed_draw, "the selection seed", 0, MAX_SEED)
-        shown = chosen_methods(shown)
+        shown = chosen_methods(shown, methods=ALL_METHODS)
         try:
             loaded = shared.session_model(model)
         except ValueError:
@@ -297,7 +390,8 @@ def build_tokens_tab(shared: Shared, demo: gr.Blocks) -> None:
     """The Tokens tab's controls and events (call inside `with gr.Tab(...)`); the page samples on load."""
     prompt_choices = [shared.task.prompt_text(example) for example in shared.task.eval_examples[:16]]
     gr.Markdown("Sample a group of responses and see, token by token, what one NAT draw trains on. "
-                "Coloured tokens are kept, tinted by their weight 1/π<sub>t</sub>; pale ones are dropped.")
+                "Coloured tokens are kept, tinted by their weight 1/π<sub>t</sub>; pale ones are dropped. "
+                "Tick a *(biased)* contrast to see what people try first instead: every kept token weighs 1.")
     group_state = gr.State(None)
     with gr.Row():
         prompt = gr.Dropdown(prompt_choices, value=prompt_choices[0] if prompt_choices else None,
@@ -308,10 +402,12 @@ def build_tokens_tab(shared: Shared, demo: gr.Blocks) -> None:
         sample_seed = gr.Number(None, precision=0, label="sampling seed",
                                 info="empty: fresh responses on every click; a number fixes them")
     with gr.Row():
-        methods = gr.CheckboxGroup(method_choices(), value=[value for _, value in method_choices()],
-                                   label="methods", info="rows shown under each response")
+        methods = gr.CheckboxGroup(method_choices(include_biased=True), value=list(METHODS), label="methods",
+                                   info="rows shown under each response; the (biased) contrasts show what "
+                                        "goes wrong without 1/π_t")
         budget = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="budget ρ",
-                           info="expected fraction of each response's tokens that is kept")
+                           info="expected fraction of each response's tokens that is kept (top-entropy: "
+                                "the kept fraction; TRL uses 0.2)")
         cut = gr.Radio(list(RPC_CUT_DISTRIBUTIONS), value="uniform-floor", label="RPC cut distribution",
                        info=f"uniform-floor keeps the whole response w.p. α = {RPC_FLOOR_FRACTION:g}ρ, so "
                             "weights ≤ 1/α; power has no cap")
