@@ -94,7 +94,8 @@ for preset in presets:
     for row in json.loads(path.read_text()):
         if row["method"] != "full" and abs(row["budget"] - 0.5) < 1e-9:
             print(f"| {preset} | {row['method']} | 0.5 | {cell(row['tokens_to_model_ratio'])} | {cell(row['flops_ratio'])} | "
-                  f"{cell(row['activation_ratio'])} | {cell(row['time_ratio'])} | {cell(row.get('peak_memory_ratio'))} | "
+                  f"{cell(row['activation_ratio'])} | {cell(row['time_ratio'])}"
+                  f"{'' if row.get('time_ratio_reliable', True) else ' unreliable'} | {cell(row.get('peak_memory_ratio'))} | "
                   f"{cell(row.get('peak_step_memory_ratio'))} |")
 print("| paper, Qwen3-8B | rpc | ~0.5 | | | | 0.71 | 0.82 | |")
 EOF
