@@ -3,8 +3,9 @@
 Everything minnat trains is a Hugging Face causal LM (`Qwen3ForCausalLM` for the embedded
 default and the Qwen3 family). Three ways in:
 
-* "embedded" — the tiny character-level Qwen3 shipped in `minnat/assets/tiny-qwen3/`
-  (made by `scripts/make_tiny_model.py`). No network, runs on CPU.
+* "embedded" — a tiny character-level Qwen3 shipped in `minnat/assets/`, the one warm-started
+  on the run's task: `tiny-qwen3-long/` for "long-addition", `tiny-qwen3/` for "arithmetic"
+  (and for any other task). Made by `scripts/make_tiny_model.py`. No network, runs on CPU.
 * a folder — a checkpoint written by the trainer (`save_pretrained`) or any local HF model.
 * a hub id such as "Qwen/Qwen3-0.6B" — loaded from the local Hugging Face cache or the hub.
 
@@ -23,7 +24,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 from transformers.utils import logging as transformers_logging
 
-from minnat.assets import TINY_QWEN3_DIR
+from minnat.assets import EMBEDDED_MODEL_DIRS, TINY_QWEN3_DIR
 
 # transformers draws a tqdm bar for every model load and save ("Loading weights", "Writing model
 # shards"); for a 2-layer model they are noise that breaks into the trainer's own progress bar and
@@ -89,9 +90,12 @@ def choose_cpu_threads(requested: int = 0) -> tuple[int, str]:
     return free, f"{free} ({cores} cores, idle)"
 
 
-def model_location(name_or_path: str) -> str:
-    """The folder or hub id behind a model name ("embedded" is the shipped tiny Qwen3)."""
-    return str(TINY_QWEN3_DIR) if name_or_path == EMBEDDED_MODEL else str(name_or_path)
+def model_location(name_or_path: str, task: str | None = None) -> str:
+    """The folder or hub id behind a model name. "embedded" is the shipped tiny Qwen3 made for
+    `task` ("long-addition" or "arithmetic"); without a task, or for another one, the arithmetic one."""
+    if name_or_path == EMBEDDED_MODEL:
+        return str(EMBEDDED_MODEL_DIRS.get(task, TINY_QWEN3_DIR))
+    return str(name_or_path)
 
 
 def check_checkpoint_folder(folder: Path) -> None:
@@ -136,9 +140,9 @@ def hub_reachable(timeout_seconds: float = 3.0) -> bool:
 ARCHITECTURE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
 
-def architecture(name_or_path: str) -> dict | None:
+def architecture(name_or_path: str, task: str | None = None) -> dict | None:
     """The fields that make two checkpoints interchangeable, read without network; None if unknown here."""
-    location = model_location(name_or_path)
+    location = model_location(name_or_path, task)
     config_file = Path(location) / "config.json"
     if not config_file.is_file():
         try:
@@ -153,8 +157,8 @@ def architecture(name_or_path: str) -> dict | None:
     return {field: config.get(field) for field in ARCHITECTURE_FIELDS}
 
 
-def load_tokenizer(name_or_path: str):
-    location = model_location(name_or_path)
+def load_tokenizer(name_or_path: str, task: str | None = None):
+    location = model_location(name_or_path, task)
     tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -163,12 +167,13 @@ def load_tokenizer(name_or_path: str):
 
 
 def load_model(name_or_path: str = EMBEDDED_MODEL, *, dtype: str | torch.dtype = "auto", device: str = "cpu",
-               gradient_checkpointing: bool = False):
-    """(model, tokenizer) for "embedded", a local folder, or a hub id — with clear errors offline.
+               gradient_checkpointing: bool = False, task: str | None = None):
+    """(model, tokenizer) for "embedded" (the one made for `task`), a local folder, or a hub id —
+    with clear errors offline.
 
     The model comes back in train mode on `device`; bf16 on CUDA and float32 on CPU by default.
     """
-    location = model_location(name_or_path)
+    location = model_location(name_or_path, task)
     torch_dtype = resolve_dtype(dtype, device)
     is_folder = Path(location).is_dir()
     if is_folder:
@@ -182,7 +187,7 @@ def load_model(name_or_path: str = EMBEDDED_MODEL, *, dtype: str | torch.dtype =
                          f"internet (`huggingface-cli download {location}`) and pass the folder, or use the "
                          "embedded default `--model embedded`, which needs no network.")
     try:
-        tokenizer = load_tokenizer(name_or_path)
+        tokenizer = load_tokenizer(name_or_path, task)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, trust_remote_code=False,
                                                      use_safetensors=True)
     except (OSError, ValueError, KeyError) as error:

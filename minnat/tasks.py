@@ -140,23 +140,30 @@ class ArithmeticTask(Task):
     def __init__(self, seed: int = 0, num_train: int = 20000, num_eval: int = 200):
         if num_train < 0 or num_eval < 0:
             raise ValueError(f"num_train and num_eval must be non-negative, got {num_train} and {num_eval}.")
-        rng = random.Random(f"minnat-arithmetic-{seed}")
+        rng = random.Random(f"minnat-{self.name}-{seed}")
         seen: set[tuple[int, int]] = set()
 
         def draw(count: int) -> list[Example]:
             examples = []
             while len(examples) < count:
-                left, right = self.random_operand(rng), self.random_operand(rng)
+                left, right = self.random_pair(rng)
                 if (left, right) in seen:
                     continue
                 seen.add((left, right))
                 seen.add((right, left))
                 examples.append(Example(question=f"{left}+{right}", answer=str(left + right),
-                                        solution=addition_solution(left, right)))
+                                        solution=self.solution(left, right)))
             return examples
 
         self.eval_examples = draw(num_eval)
         self.train_examples = draw(num_train)
+
+    def random_pair(self, rng: random.Random) -> tuple[int, int]:
+        return self.random_operand(rng), self.random_operand(rng)
+
+    @staticmethod
+    def solution(left: int, right: int) -> str:
+        return addition_solution(left, right)
 
     @staticmethod
     def random_operand(rng: random.Random) -> int:
@@ -173,6 +180,99 @@ class ArithmeticTask(Task):
         written (so a leading zero makes the answer wrong)."""
         match = re.search(re.escape(ANSWER_MARKER) + r"(\d+)", completion)
         return match.group(1) if match else None
+
+
+# -----------------------------------------------------------------------------
+# "long-addition": the same long addition on numbers of up to 14 digits, each column
+# narrated the way it is taught, so that worked answers are hundreds of tokens long
+
+LONG_ADDITION_MIN_DIGITS = 3    # digits of the longer operand: uniform in 3..14
+LONG_ADDITION_MAX_DIGITS = 14
+LONG_ADDITION_SHORTER_MIN_DIGITS = 2
+PLACE_TAGS = "abcdefghijklmnopqrstuvwxyz"  # a = ones, b = tens, c = hundreds, ...
+
+
+def place_tagged(number: int) -> str:
+    """`number` with each digit preceded by the letter of its place: 4721 -> "d4c7b2a1"."""
+    digits = str(number)
+    if len(digits) > len(PLACE_TAGS):
+        raise ValueError(f"place tags cover {len(PLACE_TAGS)} digits; {number} has {len(digits)}.")
+    return "".join(PLACE_TAGS[len(digits) - 1 - index] + digit for index, digit in enumerate(digits))
+
+
+def long_addition_solution(left: int, right: int, forget_carry=None) -> str:
+    """The worked solution for `left + right` with one line per digit column, from the ones,
+    each line `place: a+b+carry_in=sum write digit carry carry_out`, then the answer:
+
+        long_addition_solution(4721, 985)
+        -> "a: 1+5+0=6 write 6 carry 0\n"
+           "b: 2+8+0=10 write 0 carry 1\n"
+           "c: 7+9+1=17 write 7 carry 1\n"
+           "d: 4+0+1=5 write 5 carry 0\n"
+           "answer 5706"
+
+    A line is ~28 characters, so with the character-level tokenizer a 14-column sum is a
+    ~415-token answer. Every line reads the carry the line before wrote, and the answer is the
+    written digits read backwards: a mistake in any column propagates to the checked answer.
+    The place letter says which digits the line adds: the prompt tags every digit with it
+    (`LongAdditionTask.prompt_text`), so a line finds its digits by content, not by counting.
+
+    `forget_carry`, if given, is called with the column's sum (carry included) for each column
+    whose sum is 10 or more; when it returns True the line writes `carry 0` instead of
+    `carry 1`, and the rest of the solution stays consistent with that slip (so the answer is
+    wrong). `scripts/make_tiny_model.py --task long-addition` uses it to plant the warm-start
+    model's flaw.
+    """
+    if left < 0 or right < 0:
+        raise ValueError(f"long_addition_solution takes non-negative integers, got {left} and {right}.")
+    left_digits, right_digits = str(left)[::-1], str(right)[::-1]
+    lines, answer_digits, carry = [], [], 0
+    for column in range(max(len(left_digits), len(right_digits))):
+        a = int(left_digits[column]) if column < len(left_digits) else 0
+        b = int(right_digits[column]) if column < len(right_digits) else 0
+        total = a + b + carry
+        carry_out = 1 if total >= 10 else 0
+        if carry_out and forget_carry is not None and forget_carry(total):
+            carry_out = 0
+        lines.append(f"{PLACE_TAGS[column]}: {a}+{b}+{carry}={total} write {total % 10} carry {carry_out}\n")
+        answer_digits.append(str(total % 10))
+        carry = carry_out
+    if carry:
+        answer_digits.append("1")
+    return "".join(lines) + ANSWER_MARKER + "".join(reversed(answer_digits))
+
+
+class LongAdditionTask(ArithmeticTask):
+    """Addition of a 3-to-14-digit number and a shorter one (2 digits up to the same length),
+    in random order. The question is `"4721+985"`; the prompt tags each digit with its place,
+    `"d4c7b2a1+c9b8a5="`, and the completion is `long_addition_solution(4721, 985)`: median
+    ~250 response tokens, longest ~415 (with EOS). The answer is checked exactly, as in
+    "arithmetic", and the splits are drawn the same way (held-out first, disjoint, fixed by the
+    seed).
+
+    Why place tags: a line must find the i-th digit from the right of each operand. Found by
+    position, that is the hardest part of long addition for a small transformer (a 2-layer,
+    0.4M-parameter model warm-started on untagged prompts for 600 steps copied columns 0–3
+    right 87–100% of the time and columns 4–13 only ~55%); found by a tag it is a copy by
+    content, which such a model learns quickly (the "index hints" of Zhou et al., 2023)."""
+
+    name = "long-addition"
+
+    def random_pair(self, rng: random.Random) -> tuple[int, int]:
+        """The longer operand's digit count is uniform in 3..14, the shorter's in 2..that."""
+        digits = rng.randint(LONG_ADDITION_MIN_DIGITS, LONG_ADDITION_MAX_DIGITS)
+        shorter = rng.randint(LONG_ADDITION_SHORTER_MIN_DIGITS, digits)
+        pair = [rng.randint(10 ** (digits - 1), 10**digits - 1), rng.randint(10 ** (shorter - 1), 10**shorter - 1)]
+        rng.shuffle(pair)
+        return pair[0], pair[1]
+
+    @staticmethod
+    def solution(left: int, right: int) -> str:
+        return long_addition_solution(left, right)
+
+    def prompt_text(self, example: Example) -> str:
+        left, right = (int(operand) for operand in example.question.split("+"))
+        return f"{place_tagged(left)}+{place_tagged(right)}="
 
 
 # -----------------------------------------------------------------------------
@@ -373,20 +473,20 @@ def write_gsm8k_fixture(folder, num_train: int = 16, num_eval: int = 8, seed: in
 # -----------------------------------------------------------------------------
 # the entry point
 
-TASKS = {"arithmetic": ArithmeticTask, "gsm8k": GSM8KTask}
+TASKS = {"arithmetic": ArithmeticTask, "long-addition": LongAdditionTask, "gsm8k": GSM8KTask}
 
 
 def get_task(name: str, *, data_path: str | None = None, seed: int = 0,
              num_train: int | None = None, num_eval: int | None = None) -> Task:
     """Build a task by name. `data_path` only applies to gsm8k; `num_train` and
-    `num_eval` cap the split sizes (arithmetic defaults: 20000 and 200)."""
-    if name == "arithmetic":
+    `num_eval` cap the split sizes (arithmetic and long-addition defaults: 20000 and 200)."""
+    if name in ("arithmetic", "long-addition"):
         if data_path is not None:
-            raise ValueError("The arithmetic task is generated, not loaded: drop --data-path, "
+            raise ValueError(f"The {name} task is generated, not loaded: drop --data-path, "
                              "or use --task gsm8k to read GSM8K-format JSONL.")
-        return ArithmeticTask(seed=seed,
-                              num_train=20000 if num_train is None else num_train,
-                              num_eval=200 if num_eval is None else num_eval)
+        return TASKS[name](seed=seed,
+                           num_train=20000 if num_train is None else num_train,
+                           num_eval=200 if num_eval is None else num_eval)
     if name == "gsm8k":
         return GSM8KTask(data_path=data_path, seed=seed, num_train=num_train, num_eval=num_eval)
     raise ValueError(f"Unknown task {name!r}; known tasks are: {', '.join(sorted(TASKS))}.")

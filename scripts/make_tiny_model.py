@@ -1,8 +1,13 @@
 """
-Make the embedded tiny model: a character-level Qwen3 warm-started on the
-"arithmetic" task, saved in Hugging Face format to minnat/assets/tiny-qwen3/.
+Make the embedded tiny models: character-level Qwen3s warm-started on an embedded task,
+saved in Hugging Face format to minnat/assets/.
 
-    python scripts/make_tiny_model.py   # about 5 minutes on 2 idle CPU cores
+    python scripts/make_tiny_model.py                                   # "arithmetic" -> tiny-qwen3/
+    python scripts/make_tiny_model.py --task long-addition --threads 1  # -> tiny-qwen3-long/
+
+Both come from the same recipe (below), with the settings of `RECIPES`; the second is the
+trainer's default. For "arithmetic" (2-6 digit sums, ~67-token answers) the numbers in this
+docstring are its own; "long-addition" is described at the end.
 
 Why this model exists: GRPO only learns when a group of sampled completions
 contains both right and wrong answers. A model that is always wrong never sees
@@ -53,6 +58,20 @@ solution then `<eos>`.
 Everything is seeded; the script prints the parameter count, held-out greedy
 accuracy and pass@8 at temperature 1, and writes them with the settings to
 warm_start.json next to the model.
+
+The long-answer model ("long-addition", minnat/assets/tiny-qwen3-long/). The same
+2-layer shape and sloppy-teacher recipe on sums of 3-14 digit numbers, one narrated line
+per column (`minnat.tasks.long_addition_solution`, ~250-token answers, up to 413), with
+the prompt's digits tagged by place (`d4c7b2a1+c9b8a5=`, see `LongAdditionTask`). Its
+planted flaw is narrower than the short task's, so that a long answer is still sometimes
+right: the teacher drops the carry of a column whose sum is exactly 10 (85% of the time)
+or 11 (70%), and keeps every other carry. A model that learned the teacher therefore,
+greedily, drops exactly those carries — wrong on every problem with such a column
+(about three quarters of them, spread anywhere in the answer) — while sampling keeps them
+often enough that some of a group of 8 is right. Fixing it means raising `carry 1` at
+those lines wherever they fall in the answer: credit on tokens throughout the response,
+which is where RPC's prefix cut has to be unbiased. Measured for the committed model:
+see its warm_start.json (and README.md, Results).
 """
 
 from __future__ import annotations
@@ -63,6 +82,7 @@ import random
 import string
 import sys
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -70,33 +90,48 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from minnat.assets import TINY_QWEN3_DIR  # noqa: E402
-from minnat.tasks import ArithmeticTask, Example, addition_solution, get_task  # noqa: E402
+from minnat.assets import TINY_QWEN3_DIR, TINY_QWEN3_LONG_DIR  # noqa: E402
+from minnat.tasks import Example, addition_solution, get_task, long_addition_solution  # noqa: E402
 
 # -----------------------------------------------------------------------------
-# settings (the defaults reproduce the committed model)
+# settings, one recipe per embedded task (the defaults reproduce the committed models)
 
-SEED = 1337
-FORGET_CARRY = 0.6          # probability that the sloppy teacher drops a carry
-TRAIN_STEPS = 1000
-BATCH_SIZE = 64
-LEARNING_RATE = 3e-3
-WARMUP_STEPS = 100
-WEIGHT_DECAY = 0.01
-EVAL_PROBLEMS = 200         # held-out problems for greedy accuracy
-PASS_AT_K_PROBLEMS = 100    # held-out problems for pass@k
-PASS_AT_K = 8
-MAX_NEW_TOKENS = 96         # the longest solution is 86 characters, plus <eos>
 
-MODEL_SHAPE = dict(
-    hidden_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=32,
-    intermediate_size=384,
-    max_position_embeddings=256,
-)
+@dataclass(frozen=True)
+class Recipe:
+    out: Path
+    forget_carry: dict          # column sum (carry included) -> probability that the sloppy teacher drops its carry
+    train_steps: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    max_new_tokens: int         # the longest solution plus <eos>
+    model_shape: dict
+    seed: int = 1337
+    weight_decay: float = 0.01
+    eval_problems: int = 200    # held-out problems for greedy accuracy
+    pass_at_k_problems: int = 100
+    pass_at_k: int = 8
+    eval_batch_size: int = 200
+    notes: dict = field(default_factory=dict)
+
+
+RECIPES = {
+    # 2-6 digit sums, ~67-token answers; the teacher drops 60% of all carries.
+    "arithmetic": Recipe(
+        out=TINY_QWEN3_DIR, forget_carry={total: 0.6 for total in range(10, 20)},
+        train_steps=1000, batch_size=64, learning_rate=3e-3, warmup_steps=100, max_new_tokens=96,
+        model_shape=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=32, intermediate_size=384, max_position_embeddings=256)),
+    # 3-14 digit sums narrated column by column, ~250-token answers; the teacher drops the carry
+    # of columns that only just reach ten (sum 10 or 11) most of the time, and never another.
+    "long-addition": Recipe(
+        out=TINY_QWEN3_LONG_DIR, forget_carry={10: 0.85, 11: 0.7},
+        train_steps=800, batch_size=32, learning_rate=3e-3, warmup_steps=40, max_new_tokens=420,
+        model_shape=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=32, intermediate_size=384, max_position_embeddings=512),
+        eval_batch_size=100),
+}
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 
@@ -104,7 +139,7 @@ PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 # tokenizer
 
 
-def build_tokenizer():
+def build_tokenizer(max_length: int = 256):
     """A character-level tokenizer: one token per character of printable
     ASCII (tab and newline included), specials first so <pad> is id 0. The
     pre-tokenizer splits every character apart and the Fuse decoder glues
@@ -119,21 +154,20 @@ def build_tokenizer():
     core.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=UNK,
-        padding_side="left", clean_up_tokenization_spaces=False,
-        model_max_length=MODEL_SHAPE["max_position_embeddings"])
+        padding_side="left", clean_up_tokenization_spaces=False, model_max_length=max_length)
 
 
 # -----------------------------------------------------------------------------
 # model
 
 
-def build_model(tokenizer):
+def build_model(tokenizer, model_shape: dict):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     config = Qwen3Config(
         vocab_size=len(tokenizer), tie_word_embeddings=True, torch_dtype="float32",
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-        **MODEL_SHAPE)
+        **model_shape)
     return Qwen3ForCausalLM(config)
 
 
@@ -141,16 +175,31 @@ def build_model(tokenizer):
 # supervised warm start on the sloppy teacher's solutions
 
 
-def sloppy_solution(example: Example, rng: random.Random, forget_carry: float) -> str:
+def sloppy_solution(task_name: str, example: Example, rng: random.Random, forget_carry: dict) -> str:
+    """The teacher's worked solution: right, except that a column whose sum (carry included) is
+    `total` has its carry dropped with probability forget_carry.get(total, 0)."""
     left, right = (int(operand) for operand in example.question.split("+"))
-    return addition_solution(left, right, forget_carry=lambda: rng.random() < forget_carry)
+    if task_name == "arithmetic":
+        probability = forget_carry[10]  # the same for every sum; addition_solution does not pass it
+        return addition_solution(left, right, forget_carry=lambda: rng.random() < probability)
+    return long_addition_solution(left, right,
+                                  forget_carry=lambda total: total in forget_carry and rng.random() < forget_carry[total])
+
+
+def likeliest_sloppy_solution(task_name: str, example: Example, forget_carry: dict) -> str:
+    """What a model that learned the teacher perfectly writes greedily: every carry the teacher
+    drops more often than not is dropped, every other carry kept."""
+    left, right = (int(operand) for operand in example.question.split("+"))
+    if task_name == "arithmetic":
+        return addition_solution(left, right, forget_carry=lambda: forget_carry[10] > 0.5)
+    return long_addition_solution(left, right, forget_carry=lambda total: forget_carry.get(total, 0.0) > 0.5)
 
 
 def training_batch(task, examples, tokenizer, rng, forget_carry):
     """Right-padded prompt+solution+<eos> sequences, with labels -100 on the
     prompt and the padding so only completion tokens are learned."""
     prompts = [task.prompt_text(example) for example in examples]
-    completions = [sloppy_solution(example, rng, forget_carry) for example in examples]
+    completions = [sloppy_solution(task.name, example, rng, forget_carry) for example in examples]
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
     sequences = [p + c + [tokenizer.eos_token_id] for p, c in zip(prompt_ids, completion_ids)]
@@ -165,15 +214,19 @@ def training_batch(task, examples, tokenizer, rng, forget_carry):
     return input_ids, attention_mask, labels
 
 
-def train(model, tokenizer, task, *, steps, batch_size, learning_rate, forget_carry, seed, log_every=100):
+def train(model, tokenizer, task, recipe: Recipe, *, steps, batch_size, learning_rate, forget_carry, seed,
+          log_every=50, check_every=0):
+    """AdamW on the teacher's solutions; every `check_every` steps (0 = never) a quick greedy
+    accuracy on 50 held-out problems, to see early whether the run is on track."""
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(0.9, 0.98),
-                                  weight_decay=WEIGHT_DECAY)
+                                  weight_decay=recipe.weight_decay)
+    warmup = min(recipe.warmup_steps, max(1, steps // 10))
 
     def learning_rate_factor(step):  # linear warmup, then cosine decay to 10%
-        if step < WARMUP_STEPS:
-            return (step + 1) / WARMUP_STEPS
-        progress = (step - WARMUP_STEPS) / max(1, steps - WARMUP_STEPS)
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
         return 0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(progress * torch.pi)).item())
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor)
@@ -189,10 +242,20 @@ def train(model, tokenizer, task, *, steps, batch_size, learning_rate, forget_ca
         optimizer.step()
         scheduler.step()
         running_loss += loss.item()
-        if (step + 1) % log_every == 0:
-            print(f"step {step + 1:5d}/{steps}  loss {running_loss / log_every:.4f}  "
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            print(f"step {step + 1:5d}/{steps}  loss {running_loss / ((step % log_every) + 1):.4f}  "
                   f"lr {scheduler.get_last_lr()[0]:.2e}  {time.time() - start:.0f}s", flush=True)
             running_loss = 0.0
+        if check_every and (step + 1) % check_every == 0 and step + 1 < steps:
+            model.eval()
+            examples = task.eval_examples[:50]
+            greedy = generate_completions(model, tokenizer, task, examples, recipe, do_sample=False)
+            right = sum(task.reward(c, e) for c, e in zip(greedy, examples)) / len(examples)
+            likeliest = sum(c == likeliest_sloppy_solution(task.name, e, forget_carry)
+                            for c, e in zip(greedy, examples)) / len(examples)
+            print(f"  check: greedy accuracy {right:.0%}, exactly the teacher's likeliest solution "
+                  f"{likeliest:.0%} (50 held-out problems)", flush=True)
+            model.train()
     model.eval()
 
 
@@ -201,14 +264,15 @@ def train(model, tokenizer, task, *, steps, batch_size, learning_rate, forget_ca
 
 
 @torch.no_grad()
-def generate_completions(model, tokenizer, task, examples, *, do_sample, num_return_sequences=1,
-                         batch_size=200):
+def generate_completions(model, tokenizer, task, examples, recipe: Recipe, *, do_sample, num_return_sequences=1,
+                         batch_size=None):
+    batch_size = batch_size or recipe.eval_batch_size
     completions = []
     for first in range(0, len(examples), batch_size):
         prompts = [task.prompt_text(example) for example in examples[first:first + batch_size]]
         inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         output = model.generate(
-            **inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=do_sample,
+            **inputs, max_new_tokens=recipe.max_new_tokens, do_sample=do_sample,
             temperature=1.0 if do_sample else None, top_p=1.0 if do_sample else None, top_k=0 if do_sample else None,
             num_return_sequences=num_return_sequences,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
@@ -216,31 +280,30 @@ def generate_completions(model, tokenizer, task, examples, *, do_sample, num_ret
     return completions
 
 
-def evaluate(model, tokenizer, task, *, seed):
-    """Greedy accuracy on EVAL_PROBLEMS held-out problems and pass@k at
-    temperature 1 on the first PASS_AT_K_PROBLEMS of them, plus a diagnosis:
-    how often the greedy completion is the right solution or the sloppy
-    teacher's all-carries-forgotten one, character for character."""
-    examples = task.eval_examples[:EVAL_PROBLEMS]
-    greedy = generate_completions(model, tokenizer, task, examples, do_sample=False)
+def evaluate(model, tokenizer, task, recipe: Recipe, *, forget_carry, seed, eval_problems=None):
+    """Greedy accuracy on the held-out problems and pass@k at temperature 1 on the first
+    `pass_at_k_problems` of them, plus a diagnosis: how often the greedy completion is the right
+    solution, or the sloppy teacher's likeliest one, character for character."""
+    examples = task.eval_examples[:eval_problems or recipe.eval_problems]
+    greedy = generate_completions(model, tokenizer, task, examples, recipe, do_sample=False)
     greedy_accuracy = sum(task.reward(c, e) for c, e in zip(greedy, examples)) / len(examples)
-    all_forgotten = [addition_solution(*map(int, e.question.split("+")), forget_carry=lambda: True)
-                     for e in examples]
+    likeliest = [likeliest_sloppy_solution(task.name, e, forget_carry) for e in examples]
     exact_right = sum(c == e.solution for c, e in zip(greedy, examples)) / len(examples)
-    exact_forgot = sum(c == f for c, f in zip(greedy, all_forgotten)) / len(examples)
+    exact_likeliest = sum(c == f for c, f in zip(greedy, likeliest)) / len(examples)
 
     torch.manual_seed(seed)
-    pass_examples = examples[:PASS_AT_K_PROBLEMS]
-    samples = generate_completions(model, tokenizer, task, pass_examples, do_sample=True,
-                                   num_return_sequences=PASS_AT_K, batch_size=50)
-    rewards = torch.tensor([task.reward(c, pass_examples[i // PASS_AT_K]) for i, c in enumerate(samples)])
-    rewards = rewards.view(len(pass_examples), PASS_AT_K)
+    k = recipe.pass_at_k
+    pass_examples = examples[:recipe.pass_at_k_problems]
+    samples = generate_completions(model, tokenizer, task, pass_examples, recipe, do_sample=True,
+                                   num_return_sequences=k, batch_size=max(1, recipe.eval_batch_size // 4))
+    rewards = torch.tensor([task.reward(c, pass_examples[i // k]) for i, c in enumerate(samples)])
+    rewards = rewards.view(len(pass_examples), k)
     return {
         "greedy_accuracy": greedy_accuracy,
         "greedy_exactly_the_right_solution": exact_right,
-        "greedy_exactly_the_all_carries_forgotten_solution": exact_forgot,
+        "greedy_exactly_the_teachers_likeliest_solution": exact_likeliest,
         "sample_accuracy_t1": rewards.mean().item(),
-        f"pass_at_{PASS_AT_K}_t1": (rewards.max(dim=1).values).mean().item(),
+        f"pass_at_{k}_t1": (rewards.max(dim=1).values).mean().item(),
         "greedy_examples": [{"prompt": task.prompt_text(e), "completion": c, "reward": task.reward(c, e)}
                             for e, c in list(zip(examples, greedy))[:5]],
     }
@@ -249,50 +312,12 @@ def evaluate(model, tokenizer, task, *, seed):
 # -----------------------------------------------------------------------------
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(TINY_QWEN3_DIR), help="folder to write the model into")
-    parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--steps", type=int, default=TRAIN_STEPS)
-    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    parser.add_argument("--learning-rate", type=float, default=LEARNING_RATE)
-    parser.add_argument("--forget-carry", type=float, default=FORGET_CARRY)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    if not 0.0 <= args.forget_carry <= 1.0:
-        raise ValueError(f"--forget-carry is a probability, so it must be between 0 and 1; got {args.forget_carry}.")
-
-    started = time.time()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    task = get_task("arithmetic", seed=0)  # the task's own default splits, as the RL run will see them
-    assert isinstance(task, ArithmeticTask)
-
-    tokenizer = build_tokenizer()
-    model = build_model(tokenizer)
-    parameter_count = sum(p.numel() for p in model.parameters())
-    print(f"tiny Qwen3: {parameter_count:,} parameters, vocabulary {len(tokenizer)}")
-
-    train(model, tokenizer, task, steps=args.steps, batch_size=args.batch_size,
-          learning_rate=args.learning_rate, forget_carry=args.forget_carry, seed=args.seed)
-    train_seconds = time.time() - started
-
-    metrics = evaluate(model, tokenizer, task, seed=args.seed)
-    print(f"held-out greedy accuracy {metrics['greedy_accuracy']:.1%}  "
-          f"pass@{PASS_AT_K} at T=1 {metrics[f'pass_at_{PASS_AT_K}_t1']:.1%}  "
-          f"(sample accuracy {metrics['sample_accuracy_t1']:.1%})")
-    print(f"greedy completions that are exactly the right solution {metrics['greedy_exactly_the_right_solution']:.1%}, "
-          f"exactly the all-carries-forgotten one {metrics['greedy_exactly_the_all_carries_forgotten_solution']:.1%}")
-    for shown in metrics["greedy_examples"]:
-        print(f"  {shown['prompt']}{shown['completion']}  reward {shown['reward']}")
-
-    out = Path(args.out)
+def save(model, tokenizer, out: Path, max_new_tokens: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = None
-    model.generation_config.max_new_tokens = MAX_NEW_TOKENS
+    model.generation_config.max_new_tokens = max_new_tokens
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     # name the classic tokenizer class so transformers 4.x loads it too (5.x maps it to its backend)
@@ -301,25 +326,100 @@ def main():
     tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
     config_path.write_text(json.dumps(tokenizer_config, indent=2) + "\n")
 
+
+def parse_forget_carry(text: str) -> dict:
+    """"0.6" (every carry) or "10:0.85,11:0.7" (per column sum) -> {sum: probability}."""
+    try:
+        if ":" not in text:
+            probabilities = {total: float(text) for total in range(10, 20)}
+        else:
+            probabilities = {int(key): float(value) for key, value in (item.split(":") for item in text.split(","))}
+    except ValueError:
+        raise ValueError(f"--forget-carry must be a probability (0.6) or sum:probability pairs "
+                         f"(10:0.85,11:0.7); got {text!r}.") from None
+    if not all(0.0 <= value <= 1.0 for value in probabilities.values()):
+        raise ValueError(f"--forget-carry probabilities must be between 0 and 1; got {text!r}.")
+    return probabilities
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="arithmetic", choices=sorted(RECIPES),
+                        help="which embedded task (and model) to make; the other settings default to its recipe")
+    parser.add_argument("--out", default=None, help="folder to write the model into (default: the recipe's, in "
+                                                     "minnat/assets/)")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--forget-carry", default=None,
+                        help="drop-carry probability: one number for every carry, or sum:probability pairs")
+    parser.add_argument("--num-train", type=int, default=None,
+                        help="training problems (default: the task's own split, as the RL run sees it)")
+    parser.add_argument("--eval-problems", type=int, default=None, help="held-out problems for the final report")
+    parser.add_argument("--pass-at-k-problems", type=int, default=None,
+                        help="held-out problems for pass@k (default: the recipe's)")
+    parser.add_argument("--check-every", type=int, default=0, help="quick greedy check every N steps (0 = off)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    recipe = RECIPES[args.task]
+    if args.pass_at_k_problems is not None:
+        recipe = replace(recipe, pass_at_k_problems=args.pass_at_k_problems)
+    seed = recipe.seed if args.seed is None else args.seed
+    steps = recipe.train_steps if args.steps is None else args.steps
+    batch_size = recipe.batch_size if args.batch_size is None else args.batch_size
+    learning_rate = recipe.learning_rate if args.learning_rate is None else args.learning_rate
+    forget_carry = recipe.forget_carry if args.forget_carry is None else parse_forget_carry(args.forget_carry)
+    out = Path(args.out) if args.out else recipe.out
+
+    started = time.time()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(seed)
+    task = get_task(args.task, seed=0, num_train=args.num_train)  # the task's own splits, as the RL run sees them
+    tokenizer = build_tokenizer(recipe.model_shape["max_position_embeddings"])
+    model = build_model(tokenizer, recipe.model_shape)
+    parameter_count = sum(p.numel() for p in model.parameters())
+    print(f"tiny Qwen3 for {args.task}: {parameter_count:,} parameters, vocabulary {len(tokenizer)}")
+
+    train(model, tokenizer, task, recipe, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+          forget_carry=forget_carry, seed=seed, check_every=args.check_every)
+    train_seconds = time.time() - started
+
+    metrics = evaluate(model, tokenizer, task, recipe, forget_carry=forget_carry, seed=seed,
+                       eval_problems=args.eval_problems)
+    k = recipe.pass_at_k
+    print(f"held-out greedy accuracy {metrics['greedy_accuracy']:.1%}  "
+          f"pass@{k} at T=1 {metrics[f'pass_at_{k}_t1']:.1%}  (sample accuracy {metrics['sample_accuracy_t1']:.1%})")
+    print(f"greedy completions that are exactly the right solution {metrics['greedy_exactly_the_right_solution']:.1%}, "
+          f"exactly the teacher's likeliest one {metrics['greedy_exactly_the_teachers_likeliest_solution']:.1%}")
+    for shown in metrics["greedy_examples"][:2]:
+        print(f"  {shown['prompt']}{shown['completion']!r}  reward {shown['reward']}")
+
+    save(model, tokenizer, out, recipe.max_new_tokens)
     report = {
-        "task": "arithmetic",
+        "task": args.task,
         "task_seed": 0,
-        "seed": args.seed,
-        "forget_carry": args.forget_carry,
-        "train_steps": args.steps,
-        "batch_size": args.batch_size,
-        "learning_rate": args.learning_rate,
+        "seed": seed,
+        "forget_carry": {str(total): probability for total, probability in sorted(forget_carry.items())},
+        "train_steps": steps,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "model_shape": recipe.model_shape,
         "parameters": parameter_count,
-        "eval_problems": EVAL_PROBLEMS,
-        "pass_at_k_problems": PASS_AT_K_PROBLEMS,
-        "max_new_tokens": MAX_NEW_TOKENS,
+        "eval_problems": len(task.eval_examples[:args.eval_problems or recipe.eval_problems]),
+        "pass_at_k_problems": recipe.pass_at_k_problems,
+        "max_new_tokens": recipe.max_new_tokens,
         **metrics,
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.time() - started, 1),
+        "threads": args.threads,
         "torch_version": torch.__version__,
+        "command": "python scripts/make_tiny_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     (out / "warm_start.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out} in {report['total_seconds']:.0f}s")
+    return report
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import json
 import re
 import string
+import sys
 import threading
 
 import pytest
@@ -10,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minnat.assets import TINY_QWEN3_DIR
-from minnat.tasks import Example, addition_solution, get_task, write_gsm8k_fixture
+from minnat.tasks import (Example, addition_solution, get_task, long_addition_solution, place_tagged,
+                          write_gsm8k_fixture)
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +91,74 @@ def test_arithmetic_reward_never_raises_on_garbage(completion):
 def test_arithmetic_refuses_a_data_path():
     with pytest.raises(ValueError, match="generated"):
         get_task("arithmetic", data_path="somewhere.jsonl")
+
+
+# -----------------------------------------------------------------------------
+# long-addition: the same sums on up to 16 digits, one narrated line per column
+
+
+@pytest.fixture(scope="module")
+def long_addition():
+    return get_task("long-addition")
+
+
+def test_long_addition_format_and_forgotten_carries():
+    assert long_addition_solution(4721, 985) == ("a: 1+5+0=6 write 6 carry 0\nb: 2+8+0=10 write 0 carry 1\n"
+                                                 "c: 7+9+1=17 write 7 carry 1\nd: 4+0+1=5 write 5 carry 0\n"
+                                                 "answer 5706")
+    assert long_addition_solution(99, 1) == "a: 9+1+0=10 write 0 carry 1\nb: 9+0+1=10 write 0 carry 1\nanswer 100"
+    assert get_task("long-addition").prompt_text(Example("4721+985", "5706")) == "d4c7b2a1+c9b8a5="
+    assert place_tagged(10**13) == "n1" + "".join(f"{tag}0" for tag in "mlkjihgfedcba")
+    # the callback sees each carrying column's sum; a dropped carry propagates to the answer
+    sums = []
+    slipped = long_addition_solution(58, 67, forget_carry=lambda total: sums.append(total) or total == 15)
+    assert sums == [15, 11]  # 8+7+0 (dropped), then 5+6+0: the next column no longer adds the carry
+    assert slipped == "a: 8+7+0=15 write 5 carry 0\nb: 5+6+0=11 write 1 carry 1\nanswer 115"
+    with pytest.raises(ValueError, match="non-negative"):
+        long_addition_solution(3, -4)
+
+
+def test_long_addition_splits_are_deterministic_disjoint_and_sized(long_addition):
+    again = get_task("long-addition")
+    assert long_addition.eval_examples == again.eval_examples
+    assert long_addition.train_examples[:500] == again.train_examples[:500]
+    assert (len(long_addition.train_examples), len(long_addition.eval_examples)) == (20000, 200)
+    pairs = lambda examples: {frozenset(e.question.split("+")) for e in examples}  # noqa: E731
+    assert not pairs(long_addition.train_examples) & pairs(long_addition.eval_examples)
+    assert get_task("long-addition", num_train=10).eval_examples == long_addition.eval_examples
+    assert get_task("long-addition", seed=1, num_train=0, num_eval=10).eval_examples != long_addition.eval_examples[:10]
+    # another task name draws another stream from the same seed
+    assert get_task("arithmetic", num_train=0, num_eval=10).eval_examples[0] != long_addition.eval_examples[0]
+
+
+def test_long_addition_answers_are_long_right_and_end_in_the_checked_answer(long_addition):
+    lengths = []
+    for example in long_addition.train_examples + long_addition.eval_examples:
+        left, right = map(int, example.question.split("+"))
+        assert 3 <= max(len(str(left)), len(str(right))) <= 14 and min(len(str(left)), len(str(right))) >= 2
+        assert example.answer == str(left + right)
+        assert example.solution.endswith(f"\nanswer {left + right}")
+        assert example.solution.count("\n") == max(len(str(left)), len(str(right)))
+        lengths.append(len(example.solution) + 1)  # character-level tokens, plus <eos>
+    assert long_addition.reward(long_addition.eval_examples[0].solution, long_addition.eval_examples[0]) == 1.0
+    lengths.sort()
+    assert lengths[len(lengths) // 2] >= 200 and lengths[-1] >= 400 and lengths[-1] <= 440
+
+
+def test_long_addition_reward_is_exact_and_a_slip_anywhere_costs_it(long_addition):
+    example = next(e for e in long_addition.eval_examples if e.solution.count("carry 1") >= 3)
+    left, right = map(int, example.question.split("+"))
+    assert long_addition.reward(example.solution, example) == 1.0
+    for slip in range(example.solution.count("carry 1")):  # drop the first, second, ... carry alone
+        seen = iter(range(100))
+        wrong = long_addition_solution(left, right, forget_carry=lambda total: next(seen) == slip)
+        assert wrong != example.solution and long_addition.reward(wrong, example) == 0.0
+    assert long_addition.reward("answer " + example.answer, example) == 1.0
+    assert long_addition.reward("answer 0" + example.answer, example) == 0.0
+    assert long_addition.reward(example.solution[:-1], example) == 0.0
+    assert long_addition.reward("", example) == 0.0
+    with pytest.raises(ValueError, match="generated"):
+        get_task("long-addition", data_path="x.jsonl")
 
 
 # -----------------------------------------------------------------------------
@@ -180,7 +250,7 @@ def test_gsm8k_without_hub_points_to_data_path(monkeypatch):
 def test_unknown_task_lists_the_known_ones():
     with pytest.raises(ValueError, match="Unknown task") as error:
         get_task("mmlu")
-    assert "arithmetic" in str(error.value) and "gsm8k" in str(error.value)
+    assert all(name in str(error.value) for name in ("arithmetic", "long-addition", "gsm8k"))
 
 
 # -----------------------------------------------------------------------------
@@ -238,3 +308,63 @@ def test_warm_start_report_has_room_to_improve():
     assert 0.10 <= report["greedy_accuracy"] <= 0.35
     assert report["pass_at_8_t1"] >= 0.60
     assert (TINY_QWEN3_DIR / "model.safetensors").stat().st_size < 10_000_000
+
+
+# -----------------------------------------------------------------------------
+# the warm-start script (scripts/make_tiny_model.py), smoke-run with tiny settings
+
+
+def test_warm_start_script_writes_a_loadable_model_and_its_report(tmp_path):
+    """Two SFT steps on the long task: the folder it writes is what `--model` folders must be
+    (Qwen3 config, safetensors, an AutoTokenizer-loadable character tokenizer) plus the report."""
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    from minnat.models import load_model
+    from minnat.rollout import generate
+
+    spec = importlib.util.spec_from_file_location("make_tiny_model", TINY_QWEN3_DIR.parents[2] / "scripts" /
+                                                  "make_tiny_model.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script  # its dataclasses look their module up there
+    spec.loader.exec_module(script)
+    out = tmp_path / "model"
+    report = script.main(["--task", "long-addition", "--steps", "2", "--batch-size", "4", "--num-train", "40",
+                          "--eval-problems", "2", "--pass-at-k-problems", "1", "--threads", "1",
+                          "--forget-carry", "10:0.5,11:0.25", "--out", str(out)])
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "qwen3" and config["architectures"] == ["Qwen3ForCausalLM"]
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
+    saved = json.loads((out / "warm_start.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert saved["task"] == "long-addition" and saved["train_steps"] == 2 and saved["forget_carry"] == {"10": 0.5,
+                                                                                                      "11": 0.25}
+    for key in ("greedy_accuracy", "pass_at_8_t1", "sample_accuracy_t1", "parameters", "command",
+                "greedy_exactly_the_teachers_likeliest_solution"):
+        assert key in saved
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    text = "d4c7b2a1+c9b8a5=a: 1+5+0=6 write 6 carry 0\n"
+    assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
+    model, _ = load_model(str(out))
+    task = get_task("long-addition", num_train=0, num_eval=2)
+    batch = generate(model, tokenizer, task, task.eval_examples, max_new_tokens=8)
+    assert batch.response_mask.shape == (2, 8)
+    with pytest.raises(ValueError, match="forget-carry"):
+        script.parse_forget_carry("10=0.5")
+
+
+def test_long_addition_model_and_report():
+    """The committed long-task model: Qwen3 in safetensors under 20 MB, made for this task's
+    prompts, with the planted flaw leaving room to improve (greedy low, samples sometimes right)."""
+    from transformers import AutoTokenizer
+
+    from minnat.assets import TINY_QWEN3_LONG_DIR
+
+    report = json.loads((TINY_QWEN3_LONG_DIR / "warm_start.json").read_text())
+    assert report["task"] == "long-addition"
+    assert report["greedy_accuracy"] <= 0.5 and report["pass_at_8_t1"] >= 0.5
+    assert report["pass_at_8_t1"] >= report["greedy_accuracy"] + 0.2
+    assert (TINY_QWEN3_LONG_DIR / "model.safetensors").stat().st_size < 20_000_000
+    tokenizer = AutoTokenizer.from_pretrained(TINY_QWEN3_LONG_DIR)
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token_id != tokenizer.eos_token_id

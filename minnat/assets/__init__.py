@@ -1,7 +1,15 @@
-"""Files shipped inside the package. `TINY_QWEN3_DIR` is the embedded tiny
-character-level Qwen3 (Hugging Face format) warm-started on the "arithmetic"
-task; `scripts/make_tiny_model.py` rebuilds it."""
+"""Files shipped inside the package: the embedded tiny character-level Qwen3 models
+(Hugging Face format), one warm-started per embedded task. `scripts/make_tiny_model.py`
+rebuilds them (`--task arithmetic` or `--task long-addition`).
+
+* `TINY_QWEN3_DIR`: warm-started on "arithmetic" (answers of tens of tokens).
+* `TINY_QWEN3_LONG_DIR`: warm-started on "long-addition" (answers of hundreds of tokens).
+"""
 
 from pathlib import Path
 
 TINY_QWEN3_DIR = Path(__file__).parent / "tiny-qwen3"
+TINY_QWEN3_LONG_DIR = Path(__file__).parent / "tiny-qwen3-long"
+
+# which embedded model `--model embedded` means for each task (other tasks: the arithmetic one)
+EMBEDDED_MODEL_DIRS = {"arithmetic": TINY_QWEN3_DIR, "long-addition": TINY_QWEN3_LONG_DIR}
