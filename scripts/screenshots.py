@@ -105,6 +105,9 @@ def main(argv=None) -> int:
             open_tab(page, "Gradient agreement")
             page.get_by_role("button", name="Compute").click()
             wait_for_text(page, "#nat-agreement-table", "RPC ρ=0.5", 1200)
+            # The table fills in method by method; the status says "Computing …" until the last one is done.
+            page.wait_for_function("() => !document.querySelector('#nat-agreement-status').innerText"
+                                   ".includes('Computing')", timeout=1200 * 1000)
             page.wait_for_timeout(2500)
             wait_until_idle(page)
             page.screenshot(path=str(out / "app_gradient_agreement.png"), full_page=True)

@@ -382,18 +382,25 @@ def run_agreement(shared: Shared, model, prompts, size, shown, budget_text, draw
             "gradient is zero: nothing to compare. Try another seed or more prompts."), stop
         return
     results, statistics, runs = [], [], [(m, b) for m in shown for b in budgets]
+    def computing(index: int) -> str:
+        method, rho = runs[index]
+        return note_box(f"Computing {method_label(method, rho)} ({index + 1} of {len(runs)}): "
+                        f"{draws} selection gradients…")
+
+    yield *keep, computing(0), stop
     for index, (method, rho) in enumerate(runs):
         if stop.is_set():
             break
-        yield *keep, note_box(f"Computing {method_label(method, rho)} ({index + 1} of {len(runs)}): "
-                              f"{draws} selection gradients…"), stop
         statistics.append(DrawStatistics(full_gradient, draws))
         with loaded.lock:
             results.append(gradient_agreement(
                 loaded.model, *tensors, advantages, method, rho, draws, seed=seed, cut_distribution=distribution,
                 full_gradient=full_gradient, on_draw=statistics[-1].on_draw, should_stop=stop.is_set))
+        # The status keeps saying "Computing" until the last curve is in (a script can wait for that).
+        still_running = index + 1 < len(runs) and not stop.is_set()
         yield (agreement_figure(results, statistics), agreement_summary(results, statistics, note),
-               result_numbers(results, statistics, prompts, size, mixed), "", stop)
+               result_numbers(results, statistics, prompts, size, mixed),
+               computing(index + 1) if still_running else "", stop)
     if stop.is_set():
         yield *keep, note_box(f"Stopped: showing the {len(results)} finished or partial curve(s)."), stop
 
