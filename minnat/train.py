@@ -15,9 +15,11 @@ One training step, in the paper's notation:
 Full GRPO is the special case method="full" (π = 1, w = 1). Everything else — data,
 rollouts, optimiser — is identical across methods, so runs are directly comparable.
 
-With no arguments it trains the embedded tiny Qwen3 on the embedded arithmetic task with
-RPC at ρ = 0.5 on CPU and prints what changed. `--model Qwen/Qwen3-0.6B --task gsm8k` runs a
-real model on one GPU through the same code.
+With no arguments it trains the embedded tiny Qwen3 on the embedded long-answer task
+("long-addition", ~250-token answers) with RPC at ρ = 0.5 on CPU and prints what changed,
+including the tokens it gave the model against what full-token GRPO would have on the same
+batches. `--task arithmetic` is the short embedded task; `--model Qwen/Qwen3-0.6B --task gsm8k`
+runs a real model on one GPU through the same code.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from tqdm.auto import tqdm
 
 from minnat import checkpoint as ckpt
 from minnat.grpo import ADVANTAGE_SCALES, LOSS_AGGREGATIONS, aggregation_share, group_advantages, policy_loss
-from minnat.logprobs import LogprobStats, response_logprobs
+from minnat.logprobs import LogprobStats, planned_tokens_to_model, response_logprobs
 from minnat.measure import ActivationMeter, stopwatch
 from minnat.models import EMBEDDED_MODEL, architecture, choose_cpu_threads, load_model, resolve_device
 from minnat.entropy import response_entropies
@@ -60,9 +62,10 @@ class TrainConfig:
     """Every knob of a run. The defaults train the embedded default in a few CPU minutes."""
 
     # what to train
-    model: str = option(EMBEDDED_MODEL, "'embedded' (the shipped tiny Qwen3), a checkpoint folder, or a hub id "
-                                        "such as Qwen/Qwen3-0.6B")
-    task: str = option("arithmetic", "'arithmetic' (embedded, offline) or 'gsm8k'")
+    model: str = option(EMBEDDED_MODEL, "'embedded' (the shipped tiny Qwen3 made for --task), a checkpoint "
+                                        "folder, or a hub id such as Qwen/Qwen3-0.6B")
+    task: str = option("long-addition", "'long-addition' (embedded, offline, ~250-token answers), 'arithmetic' "
+                                        "(embedded, ~67-token answers) or 'gsm8k'")
     data_path: str | None = option(None, "GSM8K-format JSONL file or folder (train.jsonl/test.jsonl); "
                                          "default: the hub dataset")
     # NAT
@@ -78,13 +81,15 @@ class TrainConfig:
     token_budget: int = option(0, "response tokens kept per update: ρ of each step = min(1, N / Σ|o_i|) from "
                                   "the rollout's lengths, replacing --budget (0 = off)")
     # GRPO
-    steps: int = option(20, "number of rollout + update steps")
-    batch_size: int = option(64, "responses per step (= questions per step × group size)")
+    steps: int = option(30, "number of rollout + update steps")
+    batch_size: int = option(128, "responses per step (= questions per step × group size)")
     group_size: int = option(8, "G: responses sampled per question")
-    max_new_tokens: int = option(96, "longest response; longer ones are truncated")
+    max_new_tokens: int = option(420, "longest response; longer ones are truncated (the longest long-addition "
+                                             "answer is 413 tokens with EOS)")
     temperature: float = option(1.0, "sampling temperature τ, also used in the log-probs")
     top_p: float = option(1.0, "nucleus sampling (1.0 = off; anything else makes log-probs approximate)")
-    learning_rate: float = option(1e-4, "AdamW peak learning rate")
+    learning_rate: float = option(1.2e-4, "AdamW peak learning rate (the embedded long-addition run collapsed "
+                                                "at 3e-4)")
     weight_decay: float = option(0.0, "AdamW weight decay")
     warmup_steps: int = option(3, "linear learning-rate warmup steps, then constant")
     updates_per_batch: int = option(1, "μ: optimiser steps on each rollout batch (old log-probs computed once)")
@@ -99,15 +104,15 @@ class TrainConfig:
     drop_uniform_groups: bool = option(False, "skip groups whose rewards are all equal (their Â is 0)")
     update_micro_batch_rows: int = option(0, "rows per backward pass (gradient accumulation); 0 = whole batch")
     # evaluation and logging
-    eval_every: int = option(5, "greedy held-out evaluation every this many steps (0 = only before/after)")
+    eval_every: int = option(10, "greedy held-out evaluation every this many steps (0 = only before/after)")
     num_eval: int = option(200, "held-out questions per evaluation")
-    eval_batch_size: int = option(100, "questions per generate() call during evaluation")
+    eval_batch_size: int = option(200, "questions per generate() call during evaluation")
     log_samples: int = option(2, "sampled completions written to samples.jsonl per step")
     measure_activation_memory: bool = option(True, "count bytes saved for backward in each update")
     tensorboard: bool = option(False, "also write TensorBoard logs (needs the tensorboard package)")
     # run folder
     out: str | None = option(None, "output folder (default: a new folder under runs/)")
-    save_every: int = option(20, "checkpoint every this many steps (and at the end)")
+    save_every: int = option(30, "checkpoint every this many steps (and at the end)")
     resume: str | None = option(None, "continue the run in this output folder from its last checkpoint")
     overwrite: bool = option(False, "replace an existing run in --out")
     seed: int = option(0, "seed for data order, sampling and NAT's selections")
@@ -225,11 +230,12 @@ class Trainer:
         if resume_from is not None:
             self.check_same_architecture(resume_from)
         self.model, self.tokenizer = load_model(str(resume_from) if resume_from else config.model, dtype=config.dtype,
-                                                device=self.device,
+                                                device=self.device, task=config.task,
                                                 gradient_checkpointing=config.gradient_checkpointing)
         self.reference_model = None
         if config.kl_coef > 0:  # the frozen reference is only needed for the KL term
-            self.reference_model, _ = load_model(config.model, dtype=config.dtype, device=self.device)
+            self.reference_model, _ = load_model(config.model, dtype=config.dtype, device=self.device,
+                                                 task=config.task)
             self.reference_model.eval().requires_grad_(False)
 
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
@@ -242,7 +248,7 @@ class Trainer:
 
         self.step = 0
         self.totals = {"response_tokens_generated": 0, "response_tokens_used": 0, "tokens_to_model": 0,
-                       "skipped_steps": 0, "steps_without_signal": 0}
+                       "full_tokens_to_model": 0, "skipped_steps": 0, "steps_without_signal": 0}
         self.times = {"rollout": 0.0, "update": 0.0, "eval": 0.0}
         self.accuracy_before = None
         self.last_accuracy = None
@@ -280,7 +286,7 @@ class Trainer:
 
     def check_same_architecture(self, checkpoint: Path) -> None:
         """A checkpoint must have the architecture of the run's --model (checked before loading it)."""
-        expected, found = architecture(self.config.model), architecture(str(checkpoint))
+        expected, found = architecture(self.config.model, self.config.task), architecture(str(checkpoint))
         if expected is None or found is None or found == expected:
             return  # the run's model is a hub id not in the local cache: nothing to compare without network
         differences = ", ".join(f"{field} {found[field]} (expected {expected[field]})"
@@ -395,6 +401,8 @@ class Trainer:
         chunks = [torch.arange(start, min(start + chunk_rows, input_ids.shape[0]), device=device)
                   for start in range(0, input_ids.shape[0], chunk_rows)]
         losses, grad_norms, activation_bytes, stats = [], [], 0, LogprobStats()
+        # The yardstick: what full-token GRPO would give the model on these rows, from the same planner.
+        full_tokens = sum(planned_tokens_to_model(attention_mask[chunk], response_mask[chunk]) for chunk in chunks)
         model.train()
         for _ in range(config.updates_per_batch):  # Step 5
             self.optimizer.zero_grad(set_to_none=True)
@@ -435,12 +443,14 @@ class Trainer:
         used = int(selection.keep.sum())
         self.totals["response_tokens_used"] += used
         self.totals["tokens_to_model"] += stats.tokens_to_model // config.updates_per_batch
+        self.totals["full_tokens_to_model"] += full_tokens
         return metrics | {
             "loss": float(np.mean(losses)), "grad_norm": float(np.mean(grad_norms)),
             "response_tokens_used": used, "kept_fraction": used / max(int(response_mask.sum()), 1),
             "budget": step_budget,
             "max_ht_weight": float(selection.weights.max()) if used else 0.0,
             "tokens_to_model": stats.tokens_to_model // config.updates_per_batch,
+            "full_tokens_to_model": full_tokens,
             "activation_bytes": activation_bytes if config.measure_activation_memory else None,
             "learning_rate": learning_rate,
         }
@@ -556,6 +566,7 @@ class Trainer:
             "response_tokens_used": self.totals["response_tokens_used"],
             "used_fraction": self.totals["response_tokens_used"] / max(self.totals["response_tokens_generated"], 1),
             "tokens_to_model_in_updates": self.totals["tokens_to_model"],
+            "full_tokens_to_model_in_updates": self.totals["full_tokens_to_model"],
             "skipped_steps": self.totals["skipped_steps"],
             "steps_without_signal": self.totals["steps_without_signal"],
             "output_dir": str(self.run_dir),
@@ -577,6 +588,10 @@ def print_summary(summary: dict) -> None:
           f"({(summary['accuracy_after'] - summary['accuracy_before']) * 100:+.1f} points)")
     print(f"  response tokens used in updates: {summary['response_tokens_used']} of "
           f"{summary['response_tokens_generated']} generated ({summary['used_fraction']:.0%})")
+    full_tokens = summary.get("full_tokens_to_model_in_updates") or 0
+    print(f"  tokens given to the model in updates: {summary['tokens_to_model_in_updates']} "
+          + (f"({summary['tokens_to_model_in_updates'] / full_tokens:.2f}× the {full_tokens} full-token GRPO "
+             "would have given it on the same batches)" if full_tokens else ""))
     print(f"  time: rollout {times['rollout']:.1f} s, update {times['update']:.1f} s, eval {times['eval']:.1f} s")
     if summary["skipped_steps"]:
         print(f"  skipped non-finite steps: {summary['skipped_steps']}")

@@ -144,8 +144,56 @@ def test_atomic_json_lines_ignore_a_torn_last_line(tmp_path):
 
 def test_config_defaults_are_the_embedded_rpc_half_budget_run():
     config = TrainConfig()
-    assert (config.model, config.task, config.method, config.budget) == ("embedded", "arithmetic", "rpc", 0.5)
+    assert (config.model, config.task, config.method, config.budget) == ("embedded", "long-addition", "rpc", 0.5)
+    task = get_task("long-addition")
+    longest = max(len(e.solution) + 1 for e in task.train_examples + task.eval_examples)  # characters + EOS
+    assert longest <= config.max_new_tokens < longest + 20  # no answer truncated, little waste
     config.validate()
+
+
+def test_embedded_model_follows_the_task():
+    from minnat.assets import TINY_QWEN3_DIR, TINY_QWEN3_LONG_DIR
+    from minnat.models import model_location
+
+    assert model_location("embedded", "long-addition") == str(TINY_QWEN3_LONG_DIR)
+    assert model_location("embedded", "arithmetic") == str(TINY_QWEN3_DIR)
+    assert model_location("embedded") == str(TINY_QWEN3_DIR)  # callers that name no task keep the old model
+    assert model_location("some/folder", "long-addition") == "some/folder"
+
+
+@pytest.mark.parametrize("method", ["rpc", "full"])
+def test_default_long_task_runs_a_few_steps_and_counts_full_tokens(tmp_path, capsys, method):
+    """The default run (embedded long-addition model) end to end, shrunk to two small steps."""
+    out = tmp_path / method
+    assert main(["--method", method, "--steps", "2", "--batch-size", "8", "--group-size", "4", "--num-eval", "4",
+                 "--eval-batch-size", "4", "--num-threads", "1", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "long-addition" and summary["steps"] == 2
+    records = ckpt.read_json_lines(out / "metrics.jsonl")
+    assert summary["full_tokens_to_model_in_updates"] == sum(r.get("full_tokens_to_model", 0) for r in records)
+    assert summary["tokens_to_model_in_updates"] == sum(r.get("tokens_to_model", 0) for r in records)
+    # real long answers were sampled: hundreds of tokens per response on average
+    assert min(r["response_length_mean"] for r in records[1:]) > 100
+    if method == "full":  # full gives the model exactly what the planner says full gives it
+        assert summary["tokens_to_model_in_updates"] == summary["full_tokens_to_model_in_updates"] > 0
+    else:
+        assert 0 < summary["tokens_to_model_in_updates"] < summary["full_tokens_to_model_in_updates"]
+    printed = capsys.readouterr().out
+    assert "full-token GRPO would have given it on the same batches" in printed
+
+
+def test_planned_full_tokens_equal_what_response_logprobs_gives_the_model(tiny_model):
+    from conftest import make_batch
+
+    from minnat.logprobs import LogprobStats, planned_tokens_to_model, response_logprobs
+
+    input_ids, attention_mask, response_mask = make_batch([3, 5, 2, 4], [7, 1, 12, 9])
+    for overhead in (0, 4, 10_000):
+        stats = LogprobStats()
+        response_logprobs(tiny_model, input_ids, attention_mask, response_mask, stats=stats,
+                          micro_batch_overhead_tokens=overhead)
+        assert planned_tokens_to_model(attention_mask, response_mask,
+                                       micro_batch_overhead_tokens=overhead) == stats.tokens_to_model
 
 
 class BrokenTask:
