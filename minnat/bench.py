@@ -795,6 +795,14 @@ def run_step_benchmark(options, log=print) -> list[dict]:
                 torch.manual_seed(options.seed * 1_000_003 + step)  # the same rollout for every method
                 trainers[case].train(on_step=records[case].append, should_stop=lambda: True)
             log(f"  step {step + 1}/{total_steps} done" + (" (warm-up, not reported)" if step == 0 else ""))
+        # The third part of a step's cost, the same for every method: one held-out greedy evaluation
+        # at the trainer's default size, which a default run pays every eval_every steps.
+        eval_defaults = TrainConfig()
+        evaluator = trainers[cases[0]]
+        evaluator.config.num_eval, evaluator.config.eval_batch_size = eval_defaults.num_eval, eval_defaults.eval_batch_size
+        started = time.perf_counter()
+        evaluator.evaluate()
+        eval_seconds_per_step = (time.perf_counter() - started) / max(eval_defaults.eval_every, 1)
         trainers.clear()
     rows = []
     for method, budget in cases:
@@ -823,6 +831,10 @@ def run_step_benchmark(options, log=print) -> list[dict]:
         row["update_note_short"] = spread["note"] if not spread["reliable"] else \
             f"{statistics.median(paired):.3f} per step, {spread['note']}" if paired else spread["note"]
     for row in rows:
+        whole = row["rollout_seconds"] + row["update_seconds"] + eval_seconds_per_step
+        row["eval_seconds_per_step"] = eval_seconds_per_step
+        row["shares_of_whole_step"] = {"rollout": row["rollout_seconds"] / whole,
+                                       "update": row["update_seconds"] / whole, "eval": eval_seconds_per_step / whole}
         row["update_ratio"] = row["update_seconds"] / full["update_seconds"]
         row["step_ratio"] = row["step_seconds"] / full["step_seconds"]
         row["shared_rollout_seconds"] = shared_rollout
@@ -849,7 +861,13 @@ def run_step_benchmark(options, log=print) -> list[dict]:
                 f"measurement noise; the last ratio uses their common median ({shared_rollout:.2f} s). "
                 f"{describe_threads(options)}.\n" +
                 "".join(f"\n- {row['method']} ρ={row['budget']:g}: update ratio {row['update_note_short']}"
-                        for row in rows[1:]) + "\n")
+                        for row in rows[1:]) + "\n" +
+                f"\nA whole step of a default run also evaluates: one held-out evaluation ({eval_defaults.num_eval} "
+                f"questions, greedy) every {eval_defaults.eval_every} steps, {eval_seconds_per_step:.2f} s per step. "
+                "Shares of a whole step (rollout / update / eval): " +
+                "; ".join(f"{row['method'] if row['method'] == 'full' else row['method'] + ' ρ=' + format(row['budget'], 'g')}"
+                          f" {row['shares_of_whole_step']['rollout']:.0%} / {row['shares_of_whole_step']['update']:.0%} / "
+                          f"{row['shares_of_whole_step']['eval']:.0%}" for row in rows) + ".\n")
     (out / "step.md").write_text(markdown)
     log("\n" + markdown)
     return rows
@@ -925,7 +943,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--out", default=None, help="output folder (default: a new folder runs/bench-<time>)")
     # step mode
     add("--model", default="embedded", help="step mode: the model the trainer loads (default: the embedded one)")
-    add("--task", default="arithmetic", help="step mode: arithmetic (embedded) or gsm8k")
+    add("--task", default=None, help="step mode: long-addition (embedded; default: the trainer's), arithmetic or gsm8k")
     add("--data-path", default=None, help="step mode: GSM8K-format JSONL file or folder")
     add("--steps", type=int, default=3, help="step mode: measured trainer steps per method (after one warm-up step)")
     add("--group-size", type=int, default=None, help="step mode: responses per question (None: the trainer's default)")
@@ -939,6 +957,8 @@ def check_options(options) -> None:
     from minnat.train import TrainConfig
 
     trainer_defaults = TrainConfig()
+    if getattr(options, "task", None) is None:
+        options.task = trainer_defaults.task
     if options.batch_size is None:
         options.batch_size = 8 if options.mode in ("update", "memory") else trainer_defaults.batch_size
     if options.group_size is None:
