@@ -1,30 +1,53 @@
-"""Full vs URS vs RPC on the embedded task: several seeds each, one plot and one JSON.
+"""Full vs URS vs RPC on the embedded long-answer task: several seeds each, one plot, one JSON.
 
     python scripts/compare_methods.py --out experiments/compare --seeds 0 1 2 --budget 0.5
+    python scripts/compare_methods.py --methods full rpc rpc-unweighted -- --steps 10   # other methods, flags
 
-Every run uses the trainer's defaults (the embedded tiny Qwen3 on the arithmetic task) and
-differs only in --method (and the seed). Runs go in parallel worker processes with one
-CPU thread each (`--workers`), so a 2-core machine does two at a time. Writes
+Two measurements, both with the trainer's defaults (the embedded tiny Qwen3 made for the
+"long-addition" task, ~250-token answers) and differing only in --method (and the seed):
 
-    OUT/results.json   per method: final accuracy of each seed, mean, spread, tokens used, times
-    OUT/accuracy.png   held-out greedy accuracy vs step, mean ± min/max over seeds, per method
+1. Learning. Every (method, seed) is one training run. Runs go in parallel worker processes
+   with one CPU thread each (`--workers`), so a 2-core machine does two at a time. Held-out
+   greedy accuracy is recorded against the step and against the run's cumulative update
+   seconds (the part of a step NAT changes; rollout and evaluation are the same for all).
+2. Cost on the same batches. One trainer per method, all at learning rate 0 (identical
+   weights, AdamW still runs), updates the *same* rollout batches in shuffled order, batch
+   after batch, serially on one thread: the update's wall time and the activation memory it
+   holds for backward, as a ratio to full's on each batch (median over batches). The
+   in-run times of part 1 are not paired (each run sees its own rollouts, and two runs share
+   the CPU), so the ratios come from here.
+
+Writes
+
+    OUT/results.json   per method: final and best accuracy of each seed, mean, spread, tokens, times,
+                       the paired cost ratios; every curve (step, accuracy, cumulative update s)
+    OUT/accuracy.png   accuracy vs step and vs cumulative update seconds, mean and min–max over seeds
+    OUT/results.md     the table README.md quotes
     OUT/runs/<method>-seed<k>/   each run's folder (metrics.jsonl, summary.json; checkpoints removed)
+
+Timing figures depend on what else the machine runs: take them on an otherwise idle machine.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import platform
+import random
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+COLOURS = {"full": "#444444", "urs": "#1f77b4", "rpc": "#d62728"}
+
 
 def run_one(job):
+    """One training run in a worker process -> its summary and curve."""
     method, seed, budget, out, extra = job
     import torch
 
@@ -33,49 +56,172 @@ def run_one(job):
     torch.set_num_threads(1)
     run_dir = Path(out) / "runs" / f"{method}-seed{seed}"
     args = ["--method", method, "--budget", str(budget), "--seed", str(seed), "--out", str(run_dir),
-            "--overwrite", "--num-threads", "1", "--eval-every", "2", *extra]
+            "--overwrite", "--num-threads", "1", *extra]
     summary = Trainer(parse_args(args), progress=False).train()
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # weights are not needed for the comparison
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    curve = [(record["step"], record["eval_accuracy"]) for record in metrics if "eval_accuracy" in record]
-    update_seconds = [record["update_seconds"] for record in metrics if "update_seconds" in record]
-    activation = [record["activation_bytes"] for record in metrics if record.get("activation_bytes")]
-    return {"method": method, "seed": seed, "summary": summary, "curve": curve,
-            "median_update_seconds": statistics.median(update_seconds) if update_seconds else None,
-            "median_activation_bytes": statistics.median(activation) if activation else None}
+    curve, update_seconds = [], 0.0
+    for record in metrics:  # (step, accuracy, update seconds spent up to and including this step)
+        update_seconds += record.get("update_seconds", 0.0)
+        if "eval_accuracy" in record:
+            curve.append((record["step"], record["eval_accuracy"], round(update_seconds, 3)))
+    return {"method": method, "seed": seed, "summary": summary, "curve": curve}
 
 
-def plot(results, path):
+def paired_costs(methods, budget, batches, seed, extra, log=print) -> dict:
+    """Per method: update seconds and activation bytes on the same rollout batches, and their
+    ratios to full's batch by batch (medians). Full is always measured, as the yardstick."""
+    import torch
+
+    from minnat.rollout import generate
+    from minnat.train import Trainer, parse_args
+
+    torch.set_num_threads(1)
+    measured = ["full"] + [method for method in methods if method != "full"]
+    with tempfile.TemporaryDirectory(prefix="minnat-compare-") as scratch:
+        trainers = {}
+        for method in measured:
+            args = ["--method", method, "--budget", str(budget if method != "full" else 1.0), "--seed", str(seed),
+                    "--out", str(Path(scratch) / method), "--num-threads", "1", *extra,
+                    "--learning-rate", "0", "--warmup-steps", "0"]
+            trainers[method] = Trainer(parse_args(args), progress=False)
+        source = trainers["full"]
+        rows = {method: [] for method in measured}
+        for index in range(batches + 1):  # batch 0 warms up and is not reported
+            torch.manual_seed(seed * 1_000_003 + index)
+            config = source.config
+            batch = generate(source.model, source.tokenizer, source.task, source.questions_for_step(index),
+                             group_size=config.group_size, max_new_tokens=config.max_new_tokens,
+                             temperature=config.temperature, top_p=config.top_p)
+            order = list(measured)
+            random.Random(seed * 31 + index).shuffle(order)
+            for method in order:
+                trainer = trainers[method]
+                trainer.config.measure_activation_memory = False  # time without the memory hooks ...
+                started = time.perf_counter()
+                trainer.update(batch)
+                seconds = time.perf_counter() - started
+                trainer.config.measure_activation_memory = True   # ... then count the memory on its own pass
+                memory = trainer.update(batch)
+                if index:
+                    rows[method].append({"update_seconds": seconds, "activation_bytes": memory["activation_bytes"],
+                                         "tokens_to_model": memory["tokens_to_model"],
+                                         "full_tokens_to_model": memory["full_tokens_to_model"]})
+            log(f"  paired costs: batch {index}/{batches}" + (" (warm-up, not reported)" if index == 0 else ""))
+        trainers.clear()
+    report = {}
+    for method in measured:
+        time_ratios = [row["update_seconds"] / full["update_seconds"] for row, full in zip(rows[method], rows["full"])]
+        memory_ratios = [row["activation_bytes"] / full["activation_bytes"]
+                         for row, full in zip(rows[method], rows["full"])]
+        report[method] = {
+            "update_seconds_median": statistics.median(row["update_seconds"] for row in rows[method]),
+            "activation_bytes_median": statistics.median(row["activation_bytes"] for row in rows[method]),
+            "tokens_to_model_mean": statistics.fmean(row["tokens_to_model"] for row in rows[method]),
+            "time_ratio_median": statistics.median(time_ratios), "time_ratio_range": [min(time_ratios), max(time_ratios)],
+            "activation_ratio_median": statistics.median(memory_ratios),
+            "activation_ratio_range": [min(memory_ratios), max(memory_ratios)],
+            "tokens_to_model_ratio": sum(r["tokens_to_model"] for r in rows[method]) /
+                                     sum(r["full_tokens_to_model"] for r in rows[method]),
+            "batches": rows[method],
+        }
+    return report
+
+
+def mean_curve(runs):
+    """Steps, mean accuracy (%), min, max and mean cumulative update seconds over the runs."""
+    import numpy as np
+
+    length = min(len(run["curve"]) for run in runs)
+    steps = [step for step, _, _ in runs[0]["curve"][:length]]
+    accuracy = np.array([[point[1] for point in run["curve"][:length]] for run in runs]) * 100
+    seconds = np.array([[point[2] for point in run["curve"][:length]] for run in runs])
+    return steps, accuracy.mean(axis=0), accuracy.min(axis=0), accuracy.max(axis=0), seconds.mean(axis=0)
+
+
+def plot(results, methods, budget, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    figure, axis = plt.subplots(figsize=(7, 4.2))
-    for method, colour in zip(("full", "urs", "rpc"), ("#444444", "#1f77b4", "#d62728")):
+    figure, (by_step, by_seconds) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    extra_colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"][3:])
+    for method in methods:
         runs = [r for r in results if r["method"] == method]
         if not runs:
             continue
-        steps = [step for step, _ in runs[0]["curve"]]
-        values = np.array([[accuracy for _, accuracy in r["curve"]] for r in runs]) * 100
-        axis.plot(steps, values.mean(axis=0), color=colour, label=f"{method} (n={len(runs)})")
-        axis.fill_between(steps, values.min(axis=0), values.max(axis=0), color=colour, alpha=0.15)
-    axis.set_xlabel("training step")
-    axis.set_ylabel("held-out greedy accuracy (%)")
-    axis.set_title("Embedded task: full GRPO vs NAT at ρ = 0.5\n(mean over seeds, band = min–max)", fontsize=10)
-    axis.grid(alpha=0.3)
-    axis.legend()
+        colour = COLOURS.get(method) or next(extra_colours)
+        steps, mean, low, high, seconds = mean_curve(runs)
+        label = f"{method} (n={len(runs)})" if method == "full" else f"{method} ρ={budget:g} (n={len(runs)})"
+        for axis, x in ((by_step, steps), (by_seconds, seconds)):
+            axis.plot(x, mean, color=colour, marker="o", markersize=3, label=label)
+            axis.fill_between(x, low, high, color=colour, alpha=0.15)
+    by_step.set_xlabel("training step")
+    by_seconds.set_xlabel("cumulative update seconds (mean over seeds; rollout and eval excluded)")
+    by_step.set_ylabel("held-out greedy accuracy (%)")
+    for axis in (by_step, by_seconds):
+        axis.grid(alpha=0.3)
+    by_step.legend()
+    figure.suptitle("long-addition (~250-token answers): full GRPO vs NAT — mean over seeds, band = min–max",
+                    fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def markdown(report) -> str:
+    header = ("| method | accuracy before | after: mean [min, max] | best − final (worst seed) | "
+              "tokens to the model / full's | update time / full's (same batches) | "
+              "activation memory / full's (same batches) |")
+    lines = [header, "|" + "---|" * 7]
+    for method, row in report["methods"].items():
+        cost = report["paired_costs"].get(method, {})
+        lines.append(
+            f"| {method} | {row['accuracy_before']:.1%} | {row['mean']:.1%} [{row['min']:.1%}, {row['max']:.1%}] | "
+            f"{row['worst_drop_from_best'] * 100:.1f} points | {row['tokens_to_model_fraction']:.2f} | "
+            f"{cost.get('time_ratio_median', float('nan')):.2f} | {cost.get('activation_ratio_median', float('nan')):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def summarise(results, methods, budget, seeds, extra, paired, wall_seconds) -> dict:
+    per_method = {}
+    for method in methods:
+        runs = [r for r in results if r["method"] == method]
+        finals = [r["summary"]["accuracy_after"] for r in runs]
+        bests = [max(point[1] for point in r["curve"]) for r in runs]
+        per_method[method] = {
+            "final_accuracy": finals, "mean": statistics.mean(finals), "min": min(finals), "max": max(finals),
+            "best_accuracy": bests, "worst_drop_from_best": max(b - f for b, f in zip(bests, finals)),
+            "accuracy_before": statistics.mean(r["summary"]["accuracy_before"] for r in runs),
+            "used_fraction": statistics.mean(r["summary"]["used_fraction"] for r in runs),
+            "tokens_to_model_fraction": statistics.mean(
+                r["summary"]["tokens_to_model_in_updates"] / r["summary"]["full_tokens_to_model_in_updates"]
+                for r in runs),
+            "update_seconds_total": statistics.mean(r["summary"]["wall_seconds"]["update"] for r in runs),
+            "rollout_seconds_total": statistics.mean(r["summary"]["wall_seconds"]["rollout"] for r in runs),
+            "eval_seconds_total": statistics.mean(r["summary"]["wall_seconds"]["eval"] for r in runs),
+        }
+    full_mean = per_method["full"]["mean"] if "full" in per_method else None
+    for method, row in per_method.items():
+        row["mean_minus_full_points"] = None if full_mean is None else (row["mean"] - full_mean) * 100
+    return {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {platform.processor() or '?'}, "
+            f"{__import__('os').cpu_count()} cores", "threads_per_run": 1, "budget": budget, "seeds": seeds,
+            "extra_flags": extra, "wall_seconds": round(wall_seconds, 1),
+            "command": "python scripts/compare_methods.py " + " ".join(sys.argv[1:]),
+            "methods": per_method, "paired_costs": paired,
+            "curves": {f"{r['method']}-seed{r['seed']}": r["curve"] for r in results}}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="experiments/compare", help="output folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds per method")
-    parser.add_argument("--methods", nargs="+", default=["full", "urs", "rpc"], help="methods to compare")
-    parser.add_argument("--budget", type=float, default=0.5, help="ρ for URS and RPC")
+    parser.add_argument("--methods", nargs="+", default=["full", "urs", "rpc"],
+                        help="trainer --method values to compare (full is the yardstick of the cost ratios)")
+    parser.add_argument("--budget", type=float, default=0.5, help="ρ for every method but full")
     parser.add_argument("--workers", type=int, default=2, help="parallel runs (one CPU thread each)")
+    parser.add_argument("--paired-batches", type=int, default=5,
+                        help="rollout batches for the same-batch cost ratios (0 = skip that measurement)")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --, more flags for every run")
     args = parser.parse_args(argv)
     extra = [flag for flag in args.extra if flag != "--"]
@@ -84,37 +230,24 @@ def main(argv=None):
     jobs = [(method, seed, args.budget if method != "full" else 1.0, str(out), extra)
             for seed in args.seeds for method in args.methods]
     start = time.time()
+    results = []
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        results = []
         for result in pool.map(run_one, jobs):
             summary = result["summary"]
-            print(f"{result['method']:>4} seed {result['seed']}: accuracy {summary['accuracy_before']:.1%} -> "
-                  f"{summary['accuracy_after']:.1%}, tokens used {summary['used_fraction']:.0%}", flush=True)
+            print(f"{result['method']:>6} seed {result['seed']}: accuracy {summary['accuracy_before']:.1%} -> "
+                  f"{summary['accuracy_after']:.1%}, tokens to the model {summary['tokens_to_model_in_updates']} "
+                  f"of full's {summary['full_tokens_to_model_in_updates']}", flush=True)
             results.append(result)
-    per_method = {}
-    for method in args.methods:
-        runs = [r for r in results if r["method"] == method]
-        finals = [r["summary"]["accuracy_after"] for r in runs]
-        per_method[method] = {
-            "final_accuracy": finals, "mean": statistics.mean(finals),
-            "min": min(finals), "max": max(finals),
-            "accuracy_before": statistics.mean(r["summary"]["accuracy_before"] for r in runs),
-            "used_fraction": statistics.mean(r["summary"]["used_fraction"] for r in runs),
-            "update_seconds_total": statistics.mean(r["summary"]["wall_seconds"]["update"] for r in runs),
-            "rollout_seconds_total": statistics.mean(r["summary"]["wall_seconds"]["rollout"] for r in runs),
-            "median_update_seconds": statistics.mean(r["median_update_seconds"] for r in runs),
-            "median_activation_bytes": statistics.mean(r["median_activation_bytes"] or 0 for r in runs),
-        }
-    report = {"date": time.strftime("%Y-%m-%d"), "budget": args.budget, "seeds": args.seeds,
-              "extra_flags": extra, "wall_seconds": time.time() - start, "methods": per_method,
-              "curves": {f"{r['method']}-seed{r['seed']}": r["curve"] for r in results}}
+    paired = paired_costs(args.methods, args.budget, args.paired_batches, args.seeds[0], extra) \
+        if args.paired_batches else {}
+    report = summarise(results, args.methods, args.budget, args.seeds, extra, paired, time.time() - start)
     (out / "results.json").write_text(json.dumps(report, indent=2))
-    plot(results, out / "accuracy.png")
-    print(f"\n{'method':>6} {'before':>8} {'after (mean [min, max])':>26} {'tokens used':>12}")
-    for method, row in per_method.items():
-        print(f"{method:>6} {row['accuracy_before']:8.1%} {row['mean']:10.1%} [{row['min']:.1%}, {row['max']:.1%}]"
-              f" {row['used_fraction']:12.0%}")
-    print(f"\nwrote {out / 'results.json'} and {out / 'accuracy.png'}")
+    plot(results, args.methods, args.budget, out / "accuracy.png")
+    table = markdown(report)
+    (out / "results.md").write_text(f"{report['date']}, {report['machine']}, one thread per run; "
+                                    f"`{report['command']}`\n\n" + table)
+    print("\n" + table)
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / 'accuracy.png'}")
 
 
 if __name__ == "__main__":
