@@ -39,6 +39,9 @@ from minnat.nat import check_budget
 from minnat.train import TrainConfig, Trainer
 
 MAX_LIVE_STEPS = 200
+# The view starts from the trainer's own defaults (`python -m minnat.train`): the settings whose
+# learning and savings the README reports (scripts/compare_methods.py runs exactly these).
+DEFAULTS = TrainConfig()
 
 
 class StopTraining(Exception):
@@ -402,13 +405,15 @@ def build_live_tab(shared: Shared, demo: gr.Blocks) -> None:
         methods = gr.CheckboxGroup(method_choices(), value=[value for _, value in method_choices()],
                                    label="methods", info="each trains its own copy of the model")
         budget = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="budget ρ", info="for URS and RPC")
-        steps = gr.Number(20, precision=0, label="steps", info="GRPO steps per method")
-        lr = gr.Number(3e-4, label="learning rate", info="AdamW, as in the trainer")
+        steps = gr.Number(DEFAULTS.steps, precision=0, label="steps", info="GRPO steps per method")
+        lr = gr.Number(DEFAULTS.learning_rate, label="learning rate", info="AdamW, as in the trainer")
     with gr.Row():
-        batch = gr.Number(32, precision=0, label="batch size", info="responses per step (a multiple of G)")
-        group = gr.Number(8, precision=0, label="group size G", info="responses per question")
-        num_eval = gr.Number(50, precision=0, label="held-out questions", info="greedy accuracy is measured on these")
-        eval_every = gr.Number(5, precision=0, label="evaluate every",
+        batch = gr.Number(DEFAULTS.batch_size, precision=0, label="batch size",
+                          info="responses per step (a multiple of G)")
+        group = gr.Number(DEFAULTS.group_size, precision=0, label="group size G", info="responses per question")
+        num_eval = gr.Number(DEFAULTS.num_eval, precision=0, label="held-out questions",
+                             info="greedy accuracy is measured on these")
+        eval_every = gr.Number(DEFAULTS.eval_every, precision=0, label="evaluate every",
                                info="steps between evaluations (0: first and last only)")
         seed = gr.Number(0, precision=0, label="seed", info="same for every method")
     with gr.Row():
