@@ -35,11 +35,11 @@ in [ρL, ρL + 1] when E[U] = ρ: the budget is met within one token. Two famili
 
 * "uniform-floor" (default) — with probability α keep the whole response, otherwise cut
   uniformly in the first fraction w of it:  S(u) = α + (1 − α)·max(0, 1 − u/w).
-  We set α = φ·ρ (φ = `RPC_FLOOR_FRACTION`) and solve E[U] = α + (1 − α)·w/2 = ρ for w;
+  We set α = 0.2ρ (0.2 = `RPC_FLOOR_FRACTION`) and solve E[U] = α + (1 − α)·w/2 = ρ for w;
   when that would need w > 1 we take w = 1 and α = 2ρ − 1. Every ρ ∈ (0, 1] is reachable,
-  π_t ≥ α > 0 on every token, and no HT weight exceeds 1/α = 1/(φρ). The price of the
+  π_t ≥ α > 0 on every token, and no HT weight exceeds 1/α = 1/(0.2ρ). The price of the
   floor: a late token is kept only in the rare "keep all" draws, so late positions are
-  trained with weight up to 1/(φρ) instead of every time — more variance for the end
+  trained with weight up to 1/α instead of every time — more variance for the end
   of long answers, bounded by design. We chose it because plain uniform cutting
   (below) makes the last token's weight grow like L^k.
 
@@ -103,7 +103,7 @@ ALL_METHODS = METHODS + BIASED_METHODS
 CUT_SAMPLINGS = ("independent", "stratified")
 TOP_ENTROPY_FRACTION = 0.2  # the fraction arXiv 2506.01939 and TRL recommend for top-entropy
 RPC_CUT_DISTRIBUTIONS = ("uniform-floor", "power")
-RPC_FLOOR_FRACTION = 0.2  # φ: the "keep everything" probability is φ·ρ, so weights ≤ 1/(φρ)
+RPC_FLOOR_FRACTION = 0.2  # α = 0.2ρ: the "keep everything" probability, so weights ≤ 1/α
 
 
 @dataclass
