@@ -96,15 +96,15 @@ from pathlib import Path
 import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from transformers import Qwen3Config
 
 from minnat.grpo import policy_loss
 from minnat.logprobs import LogprobStats, response_logprobs
 from minnat.measure import ActivationMeter, cpu_load, ratio_spread, stopwatch, synchronize
-from minnat.models import (PRESETS, QWEN3_VOCAB_SIZE, build_preset_model, choose_cpu_threads,
-                           enable_gradient_checkpointing, preset_config, resolve_device, resolve_dtype)
+from minnat.models import (PRESETS, QWEN3_VOCAB_SIZE, build_preset_model, build_random_model, choose_cpu_threads,
+                           preset_config, resolve_device, resolve_dtype)
 from minnat.nat import (RPC_CUT_DISTRIBUTIONS, Selection, check_budget, check_response_mask,
-                        rpc_cut_fraction_parameters, rpc_inclusion_probabilities, select_tokens,
+                        rpc_cut_fraction_quantile, rpc_inclusion_probabilities, select_tokens,
                         selection_from_keep)
 
 # The paper's headline (arXiv 2603.06619): RPC at about half the response tokens, Qwen3-8B, on GPU.
@@ -174,20 +174,8 @@ def build_model(preset: str, *, vocab_size: int | None, dtype: torch.dtype, devi
     does not depend on the weights' values.
     """
     if preset in BENCH_ARCHITECTURES:
-        if vocab_size is not None and vocab_size < 2:
-            raise ValueError(f"the vocabulary size must be at least 2; got {vocab_size}.")
-        config = bench_config(preset, vocab_size)
-        config._attn_implementation = "sdpa"
-        torch.manual_seed(seed)
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(resolve_dtype(dtype, device))
-        try:
-            with torch.device(device):
-                model = Qwen3ForCausalLM(config)
-        finally:
-            torch.set_default_dtype(previous)
-        if gradient_checkpointing:
-            enable_gradient_checkpointing(model)
+        model = build_random_model(Qwen3Config(**BENCH_ARCHITECTURES[preset]), dtype=dtype, device=device,
+                                   gradient_checkpointing=gradient_checkpointing, seed=seed, vocab_size=vocab_size)
     else:
         model = build_preset_model(preset, dtype=dtype, device=device, gradient_checkpointing=gradient_checkpointing,
                                    seed=seed, vocab_size=vocab_size)
@@ -273,22 +261,6 @@ def draw_selection(batch: BenchBatch, method: str, budget: float, seed: int,
                          cut_distribution=cut_distribution)
 
 
-def rpc_cut_fraction_quantile(p: torch.Tensor, budget: float, cut_distribution: str) -> torch.Tensor:
-    """F⁻¹(p): the cut fraction U at probability level p ∈ [0, 1) (float64), for both RPC families.
-
-    "uniform-floor": U = w·p/(1 − α) for p < 1 − α, else U = 1 (keep everything; mass α).
-    "power":         S(u) = (1 − u)^k  ⇒  U = 1 − (1 − p)^{1/k}  (U = 1 when k = 0, i.e. ρ = 1).
-    With p uniform this is exactly the U of `minnat.nat.sample_rpc_cut_fraction`.
-    """
-    if cut_distribution == "uniform-floor":
-        keep_all, width = rpc_cut_fraction_parameters(budget)
-        if keep_all >= 1.0:
-            return torch.ones_like(p)
-        return torch.where(p < 1.0 - keep_all, width * p / (1.0 - keep_all), torch.ones_like(p))
-    if cut_distribution == "power":
-        exponent = (1.0 - budget) / budget
-        return torch.ones_like(p) if exponent == 0.0 else 1.0 - (1.0 - p) ** (1.0 / exponent)
-    raise ValueError(f"unknown RPC cut distribution {cut_distribution!r}; choose one of {RPC_CUT_DISTRIBUTIONS}.")
 
 
 def stratified_rpc_selections(batch: BenchBatch, budget: float, draws: int, seed: int,

@@ -234,7 +234,15 @@ def build_preset_model(preset: str, *, dtype: str | torch.dtype = "auto", device
 
     `vocab_size` overrides the preset's vocabulary (e.g. the tiny body with Qwen's 151,936 tokens).
     """
-    config = preset_config(preset)
+    return build_random_model(preset_config(preset), dtype=dtype, device=device, seed=seed, attention=attention,
+                              gradient_checkpointing=gradient_checkpointing, vocab_size=vocab_size)
+
+
+def build_random_model(config: Qwen3Config, *, dtype: str | torch.dtype = "auto", device: str = "cpu",
+                       gradient_checkpointing: bool = False, seed: int = 0, attention: str = "sdpa",
+                       vocab_size: int | None = None) -> Qwen3ForCausalLM:
+    """A Qwen3ForCausalLM of `config`'s architecture with seeded random weights, built on `device`
+    in `dtype` (no float32 copy first, so an 8B model fits where its bf16 weights do)."""
     if vocab_size is not None:
         if vocab_size < 2:
             raise ValueError(f"the vocabulary size must be at least 2; got {vocab_size}.")
