@@ -88,10 +88,13 @@ class TrainConfig:
                                              "answer is 413 tokens with EOS)")
     temperature: float = option(1.0, "sampling temperature τ, also used in the log-probs")
     top_p: float = option(1.0, "nucleus sampling (1.0 = off; anything else makes log-probs approximate)")
-    learning_rate: float = option(1.2e-4, "AdamW peak learning rate (the embedded long-addition run collapsed "
+    learning_rate: float = option(1.5e-4, "AdamW peak learning rate (the embedded long-addition run collapsed "
                                                 "at 3e-4)")
     weight_decay: float = option(0.0, "AdamW weight decay")
-    warmup_steps: int = option(3, "linear learning-rate warmup steps, then constant")
+    warmup_steps: int = option(3, "linear learning-rate warmup steps, then the --lr-schedule")
+    lr_schedule: str = option("linear", "after warmup: 'linear' decay to 0 at the last step (TRL's default; "
+                                        "keeps a converged policy from drifting) or 'constant'",
+                              choices=("linear", "constant"))
     updates_per_batch: int = option(1, "μ: optimiser steps on each rollout batch (old log-probs computed once)")
     clip_eps: float = option(0.2, "ε: lower clip of the ratio r (1 − ε)")
     clip_eps_high: float | None = option(None, "ε_high: upper clip (1 + ε_high); default ε (DAPO uses 0.28)")
@@ -240,9 +243,7 @@ class Trainer:
 
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
                                            weight_decay=config.weight_decay, betas=(0.9, 0.99))
-        warmup = max(config.warmup_steps, 0)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)) if warmup else 1.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: self.learning_rate_factor(step))
         self.selection_generator = torch.Generator().manual_seed(config.seed + 1)
         self.seed_everything(config.seed)
 
@@ -301,6 +302,16 @@ class Trainer:
         except ImportError as error:
             raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard.") from error
         return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def learning_rate_factor(self, step: int) -> float:
+        """The multiplier of the peak learning rate at optimizer step `step` (0-based): linear warmup
+        over warmup_steps, then constant or a linear decay that reaches 0 after the last step."""
+        config = self.config
+        warmup = max(config.warmup_steps, 0)
+        factor = min(1.0, (step + 1) / (warmup + 1)) if warmup else 1.0
+        if config.lr_schedule == "linear" and step >= warmup:
+            factor *= max(0.0, (config.steps - step) / max(config.steps - warmup, 1))
+        return factor
 
     @staticmethod
     def seed_everything(seed: int) -> None:

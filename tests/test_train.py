@@ -240,3 +240,14 @@ def test_all_truncated_responses_warn_with_the_fix(gsm8k_setup, tmp_path, capsys
                            "--mask-truncated")) == 0
     captured = capsys.readouterr()
     assert "hit --max-new-tokens 1 without EOS" in captured.out + captured.err
+
+
+def test_learning_rate_warms_up_then_decays_linearly_to_zero_or_stays(tmp_path):
+    config = TrainConfig(steps=10, warmup_steps=2, out=str(tmp_path / "a"))
+    trainer = Trainer.__new__(Trainer)  # the schedule needs only the configuration
+    trainer.config = config
+    factors = [trainer.learning_rate_factor(step) for step in range(10)]
+    assert factors[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert factors[2:] == pytest.approx([(10 - step) / 8 for step in range(2, 10)])  # reaches 1/8, then 0 after
+    trainer.config = TrainConfig(steps=10, warmup_steps=2, lr_schedule="constant", out=str(tmp_path / "b"))
+    assert [trainer.learning_rate_factor(step) for step in range(2, 10)] == [1.0] * 8
