@@ -259,10 +259,8 @@ def gradient_agreement(model, input_ids: torch.Tensor, attention_mask: torch.Ten
     num_draws = check_draws(num_draws)
     advantages = torch.as_tensor(advantages).to(input_ids.device)
     options = dict(loss_agg=loss_agg, temperature=temperature, max_new_tokens=max_new_tokens)
-    full_gradient, full_norm = checked_full_gradient(model, input_ids, attention_mask, response_mask, advantages,
-                                                     full_gradient, **options)
-    entropies = (response_entropies(model, input_ids, attention_mask, response_mask, temperature=temperature).cpu()
-                 if method == "top-entropy" else None)
+    full_gradient, full_norm, entropies = gradient_reference(model, input_ids, attention_mask, response_mask,
+                                                             advantages, method, full_gradient, **options)
 
     generator = torch.Generator().manual_seed(int(seed))
     running_sum = torch.zeros_like(full_gradient)
@@ -299,6 +297,19 @@ def gradient_agreement(model, input_ids: torch.Tensor, attention_mask: torch.Ten
         kept_fraction=sum(kept) / done, full_gradient_norm=full_norm, draw_kept_fractions=kept,
         cut_sampling=cut_sampling if rpc_like else None, bias_squared=bias_squared,
         bias_squared_standard_error=bias_squared_error, bias=relative_bias, bias_standard_error=relative_bias_error)
+
+
+def gradient_reference(model, input_ids, attention_mask, response_mask, advantages, method, full_gradient=None,
+                       **options):
+    """What every comparison against full GRPO starts from -> (g_full, ‖g_full‖, entropies or None).
+
+    The entropies are the policy's per-token entropies [B, T], needed only by "top-entropy"
+    (computed once: that contrast is deterministic given θ)."""
+    full_gradient, full_norm = checked_full_gradient(model, input_ids, attention_mask, response_mask, advantages,
+                                                     full_gradient, **options)
+    entropies = (response_entropies(model, input_ids, attention_mask, response_mask,
+                                    temperature=options["temperature"]).cpu() if method == "top-entropy" else None)
+    return full_gradient, full_norm, entropies
 
 
 def checked_full_gradient(model, input_ids, attention_mask, response_mask, advantages, full_gradient=None,
@@ -474,10 +485,8 @@ def exact_bias(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, res
     budget = check_budget(budget)
     advantages = torch.as_tensor(advantages).to(input_ids.device)
     options = dict(loss_agg=loss_agg, temperature=temperature, max_new_tokens=max_new_tokens)
-    full_gradient, full_norm = checked_full_gradient(model, input_ids, attention_mask, response_mask, advantages,
-                                                     full_gradient, **options)
-    entropies = (response_entropies(model, input_ids, attention_mask, response_mask, temperature=temperature).cpu()
-                 if method == "top-entropy" else None)
+    full_gradient, full_norm, entropies = gradient_reference(model, input_ids, attention_mask, response_mask,
+                                                             advantages, method, full_gradient, **options)
     if row_separable(method, loss_agg):
         expected, total_probability, outcomes = expected_gradient_by_rows(
             model, input_ids, attention_mask, response_mask, advantages, method, budget, cut_distribution,
