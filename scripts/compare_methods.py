@@ -43,7 +43,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-COLOURS = {"full": "#444444", "urs": "#1f77b4", "rpc": "#d62728"}
+COLOURS = {"full": "#444444", "urs": "#1f77b4", "rpc": "#d62728",
+           "rpc-unweighted": "#ff7f0e", "top-entropy": "#9467bd"}  # the biased contrasts
 
 
 def run_one(job):
@@ -162,7 +163,7 @@ def plot(results, methods, budget, path):
     for axis in (by_step, by_seconds):
         axis.grid(alpha=0.3)
     by_step.legend()
-    figure.suptitle("long-addition (~250-token answers): full GRPO vs NAT — mean over seeds, band = min–max",
+    figure.suptitle("long-addition (~250-token answers): held-out accuracy by method — mean over seeds, band = min–max",
                     fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
