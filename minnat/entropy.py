@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from minnat.logprobs import logprob_dtype, plan_micro_batches
+from minnat.logprobs import check_contiguous_spans, logprob_dtype, needed_columns, packed_inputs, plan_micro_batches
 from minnat.nat import check_response_mask
 
 
@@ -56,23 +56,17 @@ def response_entropies(model, input_ids: torch.Tensor, attention_mask: torch.Ten
     device = input_ids.device
     mask = response_mask.bool().to(device)
     attention_mask = attention_mask.long()
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    # Row b needs the columns from its first real token to the one before its last response token.
-    first_real = torch.where(attention_mask.bool(), torch.arange(total, device=device),
-                             torch.full_like(attention_mask, total)).amin(dim=1)
-    lengths = mask.sum(dim=1)
-    ends = torch.where(lengths > 0, prompt_columns + lengths - 1, torch.zeros_like(lengths))
-    starts = torch.minimum(first_real, ends)
+    starts, ends = needed_columns(attention_mask, mask)  # first real token .. the column before the last
+    check_contiguous_spans(attention_mask, starts, ends)
     output = torch.zeros(batch, response_columns, dtype=logprob_dtype(model), device=device)
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     for micro in plan_micro_batches(starts, ends, overhead_tokens=micro_batch_overhead_tokens):
         rows = micro.rows.to(device)
-        hidden = decoder(input_ids=input_ids[rows, micro.start:micro.end],
-                         attention_mask=attention_mask[rows, micro.start:micro.end],
-                         position_ids=position_ids[rows, micro.start:micro.end], use_cache=False).last_hidden_state
+        ids, positions = packed_inputs(input_ids, starts, micro)  # spans moved to column 0, as in minnat.logprobs
+        hidden = decoder(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
         local_row, column = mask[rows].nonzero(as_tuple=True)
         # The hidden state at column j predicts column j + 1 (as in `minnat.logprobs`).
-        values = entropy_from_hidden(head, hidden[local_row, prompt_columns + column - 1 - micro.start],
+        values = entropy_from_hidden(head, hidden[local_row, prompt_columns + column - 1 - starts[rows[local_row]]],
                                      temperature, chunk_size)
         output[rows[local_row], column] = values.to(output.dtype)
     return output

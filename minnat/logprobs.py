@@ -18,9 +18,16 @@ the saving comes from depends on the selection:
 Layout (what Hugging Face `generate` returns): input_ids [B, P + T], the first P columns a
 left-padded prompt, the last T columns the right-padded response. The hidden state at
 column j predicts the token at column j + 1, so response column t (token o_{t+1}) is scored
-from column P + t − 1. Position ids come from the attention mask (cumsum − 1), so left
-padding and trimmed columns do not shift positions: the kept log-probs equal the full
-path's to float tolerance.
+from column P + t − 1.
+
+Packing: row b needs the contiguous columns [s_b, e_b) from its first real token to the
+column before its last scored token. Each micro-batch copies those spans to the left of a
+[b, max_b(e_b − s_b)] tensor, position ids 0, 1, … (what cumsum − 1 of the attention mask
+gives them in the original layout), and pads on the right. Under causal attention a token
+never sees a later column, so right padding needs no attention mask: the decoder runs with
+`is_causal` attention and no [b, 1, S, S] mask is built or held for backward, and rows whose
+prompts were left-padded by different amounts pad nothing extra. The kept log-probs equal
+the left-padded full path's to float tolerance.
 
 Memory: the LM head and the log-softmax run in tiles bounded in positions AND vocabulary
 (`TiledHeadLogprob`). For K scored positions, hidden size H and vocabulary V,
@@ -79,54 +86,73 @@ class LogprobStats:
 @dataclass
 class MicroBatch:
     rows: torch.Tensor   # long [b]: which batch rows
-    start: int           # first column given to the model
-    end: int             # one past the last column given to the model
+    width: int           # columns given to the model: the longest needed span of these rows
 
 
 def plan_micro_batches(starts: torch.Tensor, ends: torch.Tensor, *, max_rows: int | None = None,
                        overhead_tokens: int = 128) -> list[MicroBatch]:
-    """Group rows that need columns [start_b, end_b) into micro-batches, trading padding for passes.
+    """Group rows that need spans of n_b = end_b − start_b columns into micro-batches, trading
+    padding for passes.
 
-    A micro-batch of rows R costs |R| × (max end − min start) padded tokens, and every extra
-    forward pass costs a fixed overhead (kernel launches, Python) worth about `overhead_tokens`
-    tokens. Rows sorted by needed length are split into contiguous groups that minimise
+    A micro-batch of rows R is packed to its longest span (see the module doc), so it costs
+    |R| × max_{b∈R} n_b tokens, and every extra forward pass costs a fixed overhead (kernel
+    launches, Python) worth about `overhead_tokens` tokens. Rows sorted by n_b are split into
+    contiguous groups that minimise
 
-        Σ_groups ( |R_g| × width_g + overhead_tokens )
+        Σ_groups ( |R_g| × max_{b∈R_g} n_b + overhead_tokens )
 
     by dynamic programming (O(B²), B = rows). overhead_tokens = 0 gives one pass per distinct
     length and no padding at all; a huge value gives one pass padded to the longest row. The
-    default, 128, is about one pass's fixed cost in tokens both for the tiny model on a CPU
-    and for an 8B model on a GPU; on 64 ragged responses it gives ~4 passes and ~15% padding.
-    Rows with end ≤ start need nothing and are skipped.
+    right value is one pass's fixed cost on your model and device: `python -m minnat.bench
+    --micro-batch-overhead-tokens auto` measures it (≈ 40 for the embedded long-addition model
+    on one CPU thread). Rows with end ≤ start need nothing and are skipped.
     """
     lengths = (ends - starts).tolist()
     order = sorted((row for row in range(len(lengths)) if lengths[row] > 0), key=lambda row: lengths[row])
     if not order:
         return []
     count = len(order)
-    row_starts = [int(starts[row]) for row in order]
-    row_ends = [int(ends[row]) for row in order]
+    sorted_lengths = [lengths[row] for row in order]
     best = [0.0] + [float("inf")] * count  # best[j]: cheapest plan for the first j sorted rows
     cut_before = [0] * (count + 1)
     for last in range(1, count + 1):
-        group_start, group_end = row_starts[last - 1], row_ends[last - 1]
+        width = sorted_lengths[last - 1]  # sorted: the group's last row is its longest
         for first in range(last, 0, -1):  # the group is sorted rows first..last (1-based)
             size = last - first + 1
             if max_rows is not None and size > max_rows:
                 break
-            group_start = min(group_start, row_starts[first - 1])
-            group_end = max(group_end, row_ends[first - 1])
-            cost = best[first - 1] + size * (group_end - group_start) + overhead_tokens
+            cost = best[first - 1] + size * width + overhead_tokens
             if cost < best[last]:
                 best[last], cut_before[last] = cost, first - 1
     batches, last = [], count
     while last > 0:
         first = cut_before[last]
-        rows = order[first:last]
-        batches.append(MicroBatch(rows=torch.tensor(rows, dtype=torch.long),
-                                  start=min(row_starts[first:last]), end=max(row_ends[first:last])))
+        batches.append(MicroBatch(rows=torch.tensor(order[first:last], dtype=torch.long),
+                                  width=sorted_lengths[last - 1]))
         last = first
     return batches[::-1]
+
+
+def packed_inputs(input_ids: torch.Tensor, starts: torch.Tensor, micro: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids [b, W], position_ids [b, W]) of one micro-batch: row b's span input_ids[b, s_b:s_b + W]
+    moved to column 0 (W = micro.width), positions 0..W−1. Columns past a row's own span hold
+    whatever follows it (later tokens or padding): causal attention keeps them out of every
+    needed position, so no attention mask is needed."""
+    rows = micro.rows.to(input_ids.device)
+    offsets = torch.arange(micro.width, device=input_ids.device)
+    columns = (starts[rows].unsqueeze(1) + offsets).clamp(max=input_ids.shape[1] - 1)
+    return input_ids[rows.unsqueeze(1), columns], offsets.expand(len(rows), -1)
+
+
+def check_contiguous_spans(attention_mask: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> None:
+    """Packing assumes each row's needed span is all real tokens (left-padded prompt, then the
+    response up to its EOS); refuse an attention mask with holes inside it rather than attend to them."""
+    real = torch.cat([torch.zeros_like(attention_mask[:, :1]), attention_mask.cumsum(dim=1)], dim=1)
+    in_span = real.gather(1, ends.unsqueeze(1)) - real.gather(1, starts.unsqueeze(1))
+    if bool((in_span.squeeze(1) != ends - starts).any()):
+        raise ValueError("attention_mask has zeros between a row's first real token and its last response token; "
+                         "minnat expects a left-padded prompt followed by the response (padding only after "
+                         "its end), as `generate` returns.")
 
 
 def head_tile_sizes(hidden_size: int, vocab_size: int) -> tuple[int, int]:
@@ -330,7 +356,7 @@ def planned_tokens_to_model(attention_mask: torch.Tensor, scored: torch.Tensor, 
     starts, ends = needed_columns(attention_mask.long(), scored.bool())
     plan = plan_micro_batches(starts, ends, max_rows=max_rows_per_micro_batch,
                               overhead_tokens=micro_batch_overhead_tokens)
-    return sum(len(micro.rows) * (micro.end - micro.start) for micro in plan)
+    return sum(len(micro.rows) * micro.width for micro in plan)
 
 
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -364,9 +390,8 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     device = input_ids.device
     scored = response_mask.bool() if selection is None else selection.keep.to(device)
     attention_mask = attention_mask.long()
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-
     starts, ends = needed_columns(attention_mask, scored)
+    check_contiguous_spans(attention_mask, starts, ends)
 
     # Every method goes through the same length-grouping planner, so that full and URS get the
     # same padding savings and RPC's advantage is only what its cut removes. For full and URS a
@@ -379,18 +404,15 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     row_indices, column_indices, values = [], [], []
     for micro in micro_batches:
         rows = micro.rows.to(device)
-        ids = input_ids[rows, micro.start:micro.end]
-        mask = attention_mask[rows, micro.start:micro.end]
-        positions = position_ids[rows, micro.start:micro.end]
-        hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         use_cache=False).last_hidden_state
+        ids, positions = packed_inputs(input_ids, starts, micro)
+        hidden = decoder(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
         stats.tokens_to_model += ids.numel()
         stats.real_tokens_to_model += int((ends[rows] - starts[rows]).sum())
         stats.micro_batches += 1
         stats.micro_batch_shapes.append(tuple(ids.shape))
 
         local_row, response_column = scored[rows].nonzero(as_tuple=True)
-        hidden_column = prompt_columns + response_column - 1 - micro.start
+        hidden_column = prompt_columns + response_column - 1 - starts[rows[local_row]]
         targets = input_ids[rows[local_row], prompt_columns + response_column]
         values.append(score_positions(head, hidden[local_row, hidden_column], targets,
                                       temperature=temperature, position_tile=head_position_tile,

@@ -106,6 +106,9 @@ class TrainConfig:
     mask_truncated: bool = option(False, "leave responses that hit max_new_tokens out of the loss")
     drop_uniform_groups: bool = option(False, "skip groups whose rewards are all equal (their Â is 0)")
     update_micro_batch_rows: int = option(0, "rows per backward pass (gradient accumulation); 0 = whole batch")
+    micro_batch_overhead_tokens: int = option(128, "what one extra forward pass costs, in tokens: the "
+                                                   "length-grouping planner trades padding against passes "
+                                                   "(0 = no padding, one pass per distinct length)")
     # evaluation and logging
     eval_every: int = option(10, "greedy held-out evaluation every this many steps (0 = only before/after)")
     num_eval: int = option(200, "held-out questions per evaluation")
@@ -395,7 +398,8 @@ class Trainer:
         # Step 3: the NAT draw. Drawn once per rollout batch and reused by all μ updates.
         selection, step_budget = self.draw_selection(input_ids, attention_mask, response_mask)
         loss_mask = selection.loss_mask(response_mask)  # the full response mask, except for rpc-unweighted
-        logprob_options = dict(temperature=config.temperature)
+        logprob_options = dict(temperature=config.temperature,
+                               micro_batch_overhead_tokens=config.micro_batch_overhead_tokens)
         # Step 4: with μ = 1 the only update is on-policy, log π_old = log π_θ (detached): no extra pass.
         old_logprobs = None
         if config.updates_per_batch > 1:
@@ -413,7 +417,9 @@ class Trainer:
                   for start in range(0, input_ids.shape[0], chunk_rows)]
         losses, grad_norms, activation_bytes, stats = [], [], 0, LogprobStats()
         # The yardstick: what full-token GRPO would give the model on these rows, from the same planner.
-        full_tokens = sum(planned_tokens_to_model(attention_mask[chunk], response_mask[chunk]) for chunk in chunks)
+        full_tokens = sum(planned_tokens_to_model(attention_mask[chunk], response_mask[chunk],
+                                                  micro_batch_overhead_tokens=config.micro_batch_overhead_tokens)
+                          for chunk in chunks)
         model.train()
         for _ in range(config.updates_per_batch):  # Step 5
             self.optimizer.zero_grad(set_to_none=True)

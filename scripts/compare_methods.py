@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import shutil
@@ -43,6 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+LOAD_AT_START = float("nan")  # the 1-minute load average when main() starts: was the machine idle?
 COLOURS = {"full": "#444444", "urs": "#1f77b4", "rpc": "#d62728",
            "rpc-unweighted": "#ff7f0e", "top-entropy": "#9467bd"}  # the biased contrasts
 
@@ -205,8 +207,10 @@ def summarise(results, methods, budget, seeds, extra, paired, wall_seconds) -> d
     full_mean = per_method["full"]["mean"] if "full" in per_method else None
     for method, row in per_method.items():
         row["mean_minus_full_points"] = None if full_mean is None else (row["mean"] - full_mean) * 100
-    return {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {platform.processor() or '?'}, "
-            f"{__import__('os').cpu_count()} cores", "threads_per_run": 1, "budget": budget, "seeds": seeds,
+    from minnat.bench_memory import cpu_model
+
+    return {"date": time.strftime("%Y-%m-%d"), "machine": f"{cpu_model() or platform.machine()}, "
+            f"{os.cpu_count()} cores, load average {LOAD_AT_START:.2f} at the start", "threads_per_run": 1, "budget": budget, "seeds": seeds,
             "extra_flags": extra, "wall_seconds": round(wall_seconds, 1),
             "command": "python scripts/compare_methods.py " + " ".join(sys.argv[1:]),
             "methods": per_method, "paired_costs": paired,
@@ -228,6 +232,8 @@ def main(argv=None):
     extra = [flag for flag in args.extra if flag != "--"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    global LOAD_AT_START
+    LOAD_AT_START = os.getloadavg()[0]
     jobs = [(method, seed, args.budget if method != "full" else 1.0, str(out), extra)
             for seed in args.seeds for method in args.methods]
     start = time.time()

@@ -234,10 +234,10 @@ def test_micro_batch_plan_trades_padding_for_passes():
     plan = plan_micro_batches(starts, ends, overhead_tokens=20)
     rows = sorted(sorted(micro.rows.tolist()) for micro in plan)
     assert rows == [[0, 1], [2, 3], [5]]  # row 4 needs nothing; padding 40 up to 98 costs more than a pass
-    cost = sum(len(m.rows) * (m.end - m.start) + 20 for m in plan)
+    cost = sum(len(m.rows) * m.width + 20 for m in plan)
     assert cost == 2 * 100 + 2 * 12 + 40 + 3 * 20  # the optimum, found by the dynamic programme
     assert len(plan_micro_batches(starts, ends, overhead_tokens=10**9)) == 1
-    assert [m.end - m.start for m in plan_micro_batches(starts, ends, overhead_tokens=0)] == [10, 12, 40, 98, 100]
+    assert [m.width for m in plan_micro_batches(starts, ends, overhead_tokens=0)] == [10, 12, 40, 98, 100]
     assert all(len(m.rows) <= 1 for m in plan_micro_batches(starts, ends, max_rows=1))
 
 
