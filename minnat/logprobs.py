@@ -68,6 +68,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.utils.checkpoint
 
 from minnat.nat import Selection, check_response_mask
 
@@ -272,17 +273,67 @@ def _tile_logits(hidden_tile, weight, bias, vocab_begin, vocab_end, temperature,
     return logits
 
 
+def head_weight_is_sharded(head: torch.nn.Module) -> bool:
+    """True when a sharding engine keeps the LM head's weight partitioned outside the head's own
+    forward, so it can only be used by calling the head: DeepSpeed ZeRO-3 (a parameter with
+    `ds_id`, an empty placeholder until a module hook gathers it) or a torch DTensor (FSDP2)."""
+    weight = getattr(head, "weight", None)
+    if weight is None:
+        return False
+    if hasattr(weight, "ds_id"):
+        return True
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return False
+    return isinstance(weight, DTensor)
+
+
+def _chunk_logprob_through_module(head, hidden, targets, temperature: float, accumulate: torch.dtype):
+    logits = head(hidden).to(accumulate)  # [k, V]: calling the module lets ZeRO-3 / FSDP gather the weight
+    return (logits / temperature).log_softmax(dim=1).gather(1, targets.unsqueeze(1)).squeeze(1)
+
+
+def score_positions_through_module(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, *,
+                                   temperature: float = 1.0, position_tile: int | None = None) -> torch.Tensor:
+    """`score_positions` for a head whose weight is sharded (see `head_weight_is_sharded`).
+
+    hidden [K, H], targets long [K] -> [K] (float32; float64 for float64 models). The head module
+    is called on chunks of positions × the whole vocabulary, each under activation checkpointing
+    (non-reentrant): the forward keeps only the chunk's hidden states, and the backward calls the
+    head again, so a sharding engine gathers the weight for the recomputation exactly as it does
+    for any checkpointed layer, and reduces its gradient the usual way. Memory: one [k, V] logits
+    chunk and its gradient, k = position_tile (default: max(1, max(2²², V·H/16) // V), e.g. 64 for
+    Qwen3-0.6B's V = 151,936, H = 1024). FLOPs as the tiled path's: the head runs twice forward.
+    """
+    accumulate = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    vocab, width = head.out_features, head.in_features
+    position_tile = position_tile or max(1, max(2 ** 22, vocab * width // 16) // vocab)
+    pieces = []
+    for begin in range(0, hidden.shape[0], position_tile):
+        chunk = (head, hidden[begin:begin + position_tile], targets[begin:begin + position_tile],
+                 float(temperature), accumulate)
+        if torch.is_grad_enabled():
+            pieces.append(torch.utils.checkpoint.checkpoint(_chunk_logprob_through_module, *chunk,
+                                                            use_reentrant=False))
+        else:
+            pieces.append(_chunk_logprob_through_module(*chunk))
+    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=accumulate)
+
+
 def score_positions(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, *,
                     temperature: float = 1.0, position_tile: int | None = None,
-                    vocab_tile: int | None = None) -> torch.Tensor:
+                    vocab_tile: int | None = None, through_module: bool | None = None) -> torch.Tensor:
     """log softmax(head(h) / τ)[target] for hidden [K, H], targets long [K] -> float32 [K] (float64 models: float64).
 
     The head must be a linear layer (`get_output_embeddings()` of a Hugging Face causal LM);
     its logits are computed in tiles (`TiledHeadLogprob`), sized by `head_tile_sizes` unless
-    given, and never materialised for more than one tile at a time.
+    given, and never materialised for more than one tile at a time. A head whose weight a
+    sharding engine partitions (DeepSpeed ZeRO-3, FSDP2) is called as a module instead
+    (`score_positions_through_module`); `through_module` forces either path (None = choose).
     """
     weight = getattr(head, "weight", None)
-    if not isinstance(head, torch.nn.Linear) or weight is None or weight.dim() != 2:
+    if not isinstance(head, torch.nn.Linear) or weight is None:
         raise ValueError(f"the LM head must be a torch.nn.Linear (a causal LM's get_output_embeddings()); got "
                          f"{type(head).__name__}. Wrap a custom head in nn.Linear or score its logits yourself.")
     if hidden.shape[0] != targets.shape[0] or hidden.dim() != 2:
@@ -290,6 +341,9 @@ def score_positions(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.
                          f"{tuple(targets.shape)}.")
     if temperature <= 0:
         raise ValueError(f"the temperature must be positive; got {temperature}.")
+    if through_module if through_module is not None else head_weight_is_sharded(head):
+        return score_positions_through_module(head, hidden.to(weight.dtype), targets, temperature=temperature,
+                                              position_tile=position_tile)
     default_positions, default_vocab = head_tile_sizes(weight.shape[1], weight.shape[0])
     position_tile, vocab_tile = position_tile or default_positions, vocab_tile or default_vocab
     if position_tile < 1 or vocab_tile < 1:

@@ -30,6 +30,11 @@ from minnat.assets import EMBEDDED_MODEL_DIRS, TINY_QWEN3_DIR
 # shards"); for a 2-layer model they are noise that breaks into the trainer's own progress bar and
 # into rendered notebooks, so minnat turns them off once, here.
 transformers_logging.disable_progress_bar()
+# DeepSpeed (minnat[deepspeed]) is imported by accelerate whenever a model is saved; on a machine without CUDA its
+# accelerator auto-detection warns "Setting accelerator to CPU. If you have GPU ..." into every run's output. Say
+# "cpu" up front instead (an explicit DS_ACCELERATOR is kept).
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 EMBEDDED_MODEL = "embedded"
 

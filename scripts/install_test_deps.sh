@@ -15,4 +15,4 @@ if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
   $as_root apt-get install -y -q chromium
 fi
 
-python -m pip install -q -e ".[test,trl,notebooks]"
+python -m pip install -q -e ".[test,trl,deepspeed,notebooks]"

@@ -251,3 +251,29 @@ def test_bad_shapes_are_clear_errors():
     other = select_tokens(torch.ones(2, 3, dtype=torch.bool), "urs", 0.5)
     with pytest.raises(ValueError, match="draw the selection from this response_mask"):
         response_logprobs(model, input_ids, attention_mask, response_mask, other)
+
+
+def test_the_module_path_for_sharded_heads_equals_the_tiled_head(monkeypatch):
+    """ZeRO-3 / FSDP2 keep the head's weight sharded outside its forward: score_positions then calls the
+    head module in checkpointed chunks. Same values and gradients as the tiled head (float64, τ ≠ 1)."""
+    from minnat.logprobs import head_weight_is_sharded, score_positions_through_module
+    model = build_tiny_qwen3(seed=3).double()
+    head = model.get_output_embeddings()
+    hidden = torch.randn(70, head.in_features, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, head.out_features, (70,))
+    tiled = score_positions(head, hidden, targets, temperature=0.7)
+    tiled_grads = torch.autograd.grad((tiled * torch.linspace(-1, 1, 70)).sum(), [hidden, head.weight])
+    calls = []
+    head.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    assert not head_weight_is_sharded(head)
+    monkeypatch.setattr(head.weight, "ds_id", 0, raising=False)  # what a ZeRO-3 parameter carries
+    assert head_weight_is_sharded(head)
+    chunked = score_positions(head, hidden, targets, temperature=0.7, position_tile=32)
+    chunked_grads = torch.autograd.grad((chunked * torch.linspace(-1, 1, 70)).sum(), [hidden, head.weight])
+    torch.testing.assert_close(chunked, tiled, rtol=0, atol=1e-12)
+    for a, b in zip(chunked_grads, tiled_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    # 3 chunks forward, 3 more in backward: the recomputation calls the module (ZeRO-3 gathers it again)
+    assert sorted(calls) == [6, 6, 32, 32, 32, 32]
+    with torch.no_grad():
+        assert score_positions_through_module(head, hidden, targets).shape == (70,)

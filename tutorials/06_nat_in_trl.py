@@ -252,7 +252,7 @@ run_folder.cleanup()
 # | | minnat's loop (`python -m minnat.train`) | TRL + NAT (`NATGRPOTrainer`) |
 # |---|---|---|
 # | rollouts | `model.generate` | `generate`, or **vLLM** (`use_vllm=True`, `vllm_mode="colocate"` on the training GPUs or `"server"`) |
-# | devices | one | many, through **accelerate**: DDP and DeepSpeed ZeRO-1/2; ZeRO-3 and FSDP are refused for now (they shard `lm_head.weight`, which minnat's tiled head reads directly) |
+# | devices | one | many, through **accelerate**: DDP and DeepSpeed ZeRO-1/2/3 (under ZeRO-3 the LM head is called as a module, in checkpointed chunks, because its weight is sharded); FSDP is refused for now |
 # | precision | bf16 weights on CUDA | `bf16=True`: autocast, as in TRL |
 # | selection | once per rollout batch | once per **generation batch**, on each rank with its own generator; stored in the inputs, so it survives TRL's shuffle and split, and all μ updates reuse it |
 # | old / reference log-probs | at kept tokens, RPC on prompt + prefix | the same: `_get_per_token_logps_and_entropies` is replaced while a batch is scored |

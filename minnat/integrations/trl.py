@@ -51,12 +51,18 @@ or scaling). Not computed: TRL's `entropy` metric (it would need the full logits
 `nat/kept_fraction`, `nat/max_ht_weight` and `nat/tokens_to_model` instead.
 
 Distributed: the update's forward runs through the model as TRL's accelerator wrapped it (DDP,
-DeepSpeed ZeRO-1/2): the wrapped module's `forward` is swapped, for that one call, for
-`response_logprobs`, so the wrapper's own forward (DDP's gradient-sync bookkeeping) runs as
-usual — calling the inner module directly would skip DDP's all-reduce and let ranks drift apart.
-Each rank draws its own selection from its own generator. DeepSpeed ZeRO-3 and FSDP are refused
-for now: they shard `lm_head.weight` outside the head's own forward, and minnat's tiled LM head
-(`minnat.logprobs.TiledHeadLogprob`) reads the weight directly.
+DeepSpeed ZeRO-1/2/3): the wrapped module's `forward` is swapped, for that one call, for
+`response_logprobs`, so the wrapper's own forward (DDP's gradient-sync bookkeeping, ZeRO-3's
+parameter gathering) runs as usual — calling the inner module directly would skip DDP's
+all-reduce and let ranks drift apart. Each rank draws its own selection from its own generator.
+Under ZeRO-3 every submodule's weights are gathered as it is called, and the LM head, whose
+weight is an empty placeholder outside its own forward, is called as a module in checkpointed
+chunks (`minnat.logprobs.score_positions_through_module`) instead of being read by the tiled
+head. Tested on CPU with two gloo processes: one RPC step under ZeRO-3 equals the single-process
+step, and this trainer trains under ZeRO-3 with the head partitioned (tests/test_zero3.py).
+FSDP is refused for now: `response_logprobs` calls the decoder and the head directly, outside
+the FSDP root module's forward that unshards the root's own parameters (embeddings, final norm,
+head).
 
 `task_dataset` and `task_reward` turn a minnat task into TRL's dataset and reward function. Two
 helpers build what `minnat.bench` needs to time TRL's update step without a dataset:
@@ -164,16 +170,11 @@ def unsupported_settings(args: GRPOConfig) -> list[str]:
 def unsupported_model(trainer: GRPOTrainer) -> list[str]:
     """Why the trainer's model (or the way accelerate shards it) cannot be scored by `response_logprobs`."""
     problems = []
-    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-    if getattr(trainer, "is_deepspeed_enabled", False) and plugin is not None and plugin.zero_stage == 3:
-        problems.append("DeepSpeed ZeRO-3 is not supported yet: minnat's tiled LM head reads lm_head.weight "
-                        "directly (in forward and in its recomputing backward), and ZeRO-3 keeps that weight "
-                        "sharded outside the head's own forward. Use ZeRO-2 "
-                        "(examples/trl/accelerate/zero2.yaml) or DDP (examples/trl/accelerate/ddp.yaml).")
     if getattr(trainer, "is_fsdp_enabled", False):
-        problems.append("FSDP is not supported yet: it shards lm_head.weight outside the head's own forward, and "
-                        "minnat's tiled LM head reads the weight directly. Use DeepSpeed ZeRO-2 "
-                        "(examples/trl/accelerate/zero2.yaml) or DDP (examples/trl/accelerate/ddp.yaml).")
+        problems.append("FSDP is not supported yet: minnat's log-prob path calls the decoder and the LM head "
+                        "directly, outside the FSDP root module's forward that unshards the embeddings, final norm "
+                        "and head. Use DeepSpeed ZeRO-3 (examples/trl/accelerate/zero3.yaml), which shards the "
+                        "weights too, ZeRO-2 (zero2.yaml) or DDP (ddp.yaml).")
     text_config = trainer.model.config.get_text_config()
     if trainer._is_vlm:
         problems.append("vision-language models are not supported: minnat's log-prob path feeds the language "
