@@ -172,6 +172,12 @@ class ArithmeticTask(Task):
         digits = rng.randint(ARITHMETIC_MIN_DIGITS, ARITHMETIC_MAX_DIGITS)
         return rng.randint(10 ** (digits - 1), 10**digits - 1)
 
+    @staticmethod
+    def slip_count(example: Example) -> int:
+        """Carries in the worked answer: where the embedded arithmetic model's planted habit (a
+        teacher that forgot carries) can slip."""
+        return example.solution.count("c1")
+
     def prompt_text(self, example: Example) -> str:
         return example.question + "="
 
@@ -273,6 +279,13 @@ class LongAdditionTask(ArithmeticTask):
     def prompt_text(self, example: Example) -> str:
         left, right = (int(operand) for operand in example.question.split("+"))
         return f"{place_tagged(left)}+{place_tagged(right)}="
+
+    @staticmethod
+    def slip_count(example: Example) -> int:
+        """Columns of the worked answer where the embedded model's planted habit can slip: those
+        summing to exactly 10 or 11, whose carry the warm-start teacher usually dropped. A question
+        with one such column is one the model gets right in some of its samples (~10–25%)."""
+        return example.solution.count("=10 write") + example.solution.count("=11 write")
 
 
 # -----------------------------------------------------------------------------

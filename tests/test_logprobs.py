@@ -277,3 +277,26 @@ def test_the_module_path_for_sharded_heads_equals_the_tiled_head(monkeypatch):
     assert sorted(calls) == [6, 6, 32, 32, 32, 32]
     with torch.no_grad():
         assert score_positions_through_module(head, hidden, targets).shape == (70,)
+
+
+def test_packed_micro_batches_need_no_attention_mask_and_refuse_holes():
+    """Each row's span moves to column 0 and the decoder runs without a mask (right padding is
+    invisible to causal attention): the log-probs equal a per-row forward with no padding at all."""
+    model = build_tiny_qwen3(seed=4).double()
+    input_ids, attention_mask, response_mask = make_batch([2, 6, 4], [9, 3, 7], seed=4)
+    selection = select_tokens(response_mask, "rpc", 0.5, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        packed = response_logprobs(model, input_ids, attention_mask, response_mask, selection,
+                                   micro_batch_overhead_tokens=10**6)  # one pass, rows of different lengths
+        P = input_ids.shape[1] - response_mask.shape[1]
+        for row in range(3):
+            real = input_ids[row][attention_mask[row].bool()].unsqueeze(0)
+            prompt = int(attention_mask[row, :P].sum())
+            logits = model(input_ids=real).logits[0].log_softmax(dim=-1)   # this row alone: no padding anywhere
+            for t in range(int(selection.cut_lengths[row])):
+                expected = logits[prompt + t - 1, real[0, prompt + t]]
+                assert abs(float(packed[row, t]) - float(expected)) < 1e-10
+    holed = attention_mask.clone()
+    holed[1, P + 1] = 0  # a hole inside row 1's response
+    with pytest.raises(ValueError, match="zeros between a row's first real token"):
+        response_logprobs(model, input_ids, holed, response_mask, selection)

@@ -368,3 +368,13 @@ def test_long_addition_model_and_report():
     assert (TINY_QWEN3_LONG_DIR / "model.safetensors").stat().st_size < 20_000_000
     tokenizer = AutoTokenizer.from_pretrained(TINY_QWEN3_LONG_DIR)
     assert tokenizer.padding_side == "left" and tokenizer.pad_token_id != tokenizer.eos_token_id
+
+
+def test_slip_count_finds_where_the_planted_habit_can_slip():
+    long_task, short_task = get_task("long-addition"), get_task("arithmetic")
+    example = Example(question="17184340+63221790", answer="80406130",
+                      solution=long_task.solution(17184340, 63221790))
+    # columns b (4+9=13), c (3+7+1=11), e (8+2=10), g (7+3=10): three sum to exactly 10 or 11
+    assert long_task.slip_count(example) == 3
+    assert short_task.slip_count(Example(question="68+93", answer="161",
+                                         solution=short_task.solution(68, 93))) == 2  # 8+3 and 6+9+1 carry

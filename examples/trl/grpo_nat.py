@@ -1,6 +1,7 @@
 """GRPO with NAT through TRL's GRPOTrainer: one script from a laptop CPU to many GPUs.
 
-    python examples/trl/grpo_nat.py                       # embedded tiny Qwen3, arithmetic, RPC ρ = 0.5, CPU
+    python examples/trl/grpo_nat.py                       # embedded tiny Qwen3, long addition, RPC ρ = 0.5, CPU
+    python examples/trl/grpo_nat.py --task arithmetic     # the short-answer task (~67 tokens): a quicker run
     python examples/trl/grpo_nat.py --method full         # TRL's GRPO on every token, everything else identical
 
     # several GPUs (accelerate picks DDP / DeepSpeed ZeRO-2 / ZeRO-3 from the config file):
@@ -31,11 +32,16 @@ from minnat.nat import METHODS, RPC_CUT_DISTRIBUTIONS
 from minnat.tasks import get_task
 
 
+# Each task's completion limit: its longest worked answer fits (long-addition: 413 tokens with EOS).
+MAX_NEW_TOKENS = {"long-addition": 420, "arithmetic": 96, "gsm8k": 512}
+
+
 def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default="embedded", help="'embedded', a local folder, or a hub id")
-    parser.add_argument("--task", default="arithmetic", choices=["arithmetic", "gsm8k"])
+    parser.add_argument("--task", default="long-addition", choices=["long-addition", "arithmetic", "gsm8k"],
+                        help="the embedded long-addition (~250-token answers) or arithmetic task, or GSM8K")
     parser.add_argument("--data-path", default=None, help="GSM8K JSONL file or folder (offline)")
     parser.add_argument("--method", default="rpc", choices=METHODS)
     parser.add_argument("--budget", type=float, default=0.5, help="ρ, the expected fraction of tokens kept")
@@ -46,7 +52,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--group-size", type=int, default=8, help="G, responses per prompt")
     parser.add_argument("--gradient-accumulation-steps", type=int, default=1,
                         help="split each step's responses into this many backward passes (less memory)")
-    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="completion limit; default: 420 for long-addition, 96 for arithmetic, 512 for gsm8k")
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--beta", type=float, default=0.0, help="k3 KL coefficient (loads a reference model)")
     parser.add_argument("--num-iterations", type=int, default=1, help="μ, updates per generation batch")
@@ -89,7 +96,9 @@ def config_from(arguments: argparse.Namespace) -> NATGRPOConfig:
 def main(argv=None) -> dict:
     arguments = parse_arguments(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_model(arguments.model, device=device,
+    if arguments.max_new_tokens is None:
+        arguments.max_new_tokens = MAX_NEW_TOKENS[arguments.task]
+    model, tokenizer = load_model(arguments.model, device=device, task=arguments.task,
                                   dtype="bfloat16" if arguments.bf16 else "float32")
     task = get_task(arguments.task, data_path=arguments.data_path, seed=arguments.seed)
     trainer = NATGRPOTrainer(model=model, reward_funcs=task_reward(task), args=config_from(arguments),
