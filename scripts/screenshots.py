@@ -7,7 +7,8 @@
 Starts the app (`minnat.explorer`) on a free localhost port in this process, opens it in
 Chromium (Debian's /usr/bin/chromium through Playwright; no network needed), runs each view
 once with its default settings (the Tokens view with a typed sampling seed, so the picture can
-be reproduced; live training with a few steps) and saves one PNG per view. The live run's
+be reproduced; live training with its own defaults unless --live-steps is given), saves one PNG
+per view and prints the Gradient-agreement and Live-training tables, the numbers docs/app.md quotes. The live run's
 temporary folder is removed when it ends, like any run of the page.
 """
 from __future__ import annotations
@@ -60,7 +61,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sampling-seed", type=int, default=0,
                         help="sampling seed typed into the Tokens view (default: %(default)s)")
     parser.add_argument("--out", default=str(REPO_ROOT / "docs" / "images"), help="folder for the PNG files")
-    parser.add_argument("--live-steps", type=int, default=12, help="GRPO steps per method in the live view")
+    parser.add_argument("--live-steps", type=int, default=None,
+                        help="GRPO steps per method in the live view (default: the view's own, the trainer's)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
 
@@ -113,10 +115,14 @@ def main(argv=None) -> int:
             page.screenshot(path=str(out / "app_gradient_agreement.png"), full_page=True)
             print("wrote", out / "app_gradient_agreement.png")
 
+            for name in ("#nat-agreement-status", "#nat-agreement-table"):
+                print(page.locator(name).inner_text())
+
             open_tab(page, "Live training")
-            steps = page.get_by_label("steps", exact=True)
-            steps.fill(str(args.live_steps))
-            steps.press("Enter")
+            if args.live_steps is not None:
+                steps = page.get_by_label("steps", exact=True)
+                steps.fill(str(args.live_steps))
+                steps.press("Enter")
             page.get_by_role("button", name="Start").click()
             started = time.time()
             wait_for_text(page, "#nat-live-status", "Done (", 1800)
@@ -124,6 +130,8 @@ def main(argv=None) -> int:
             page.wait_for_timeout(2500)
             wait_until_idle(page)
             page.screenshot(path=str(out / "app_live_training.png"), full_page=True)
+            for name in ("#nat-live-status", "#nat-live-table"):
+                print(page.locator(name).inner_text())
             print("wrote", out / "app_live_training.png")
             browser.close()
     finally:

@@ -51,20 +51,23 @@ from minnat.tasks import get_task
 torch.set_num_threads(1)  # the tiny model's matrices are too small to gain from more threads
 torch.manual_seed(0)
 torch.set_printoptions(precision=4, sci_mode=False, linewidth=120)
-MODEL = "embedded"  # the tiny Qwen3 in minnat/assets/tiny-qwen3/
+MODEL = "embedded"      # the tiny Qwen3 made for the task (minnat/assets/tiny-qwen3-long/)
+TASK = "long-addition"  # ~250-token worked answers; "arithmetic" is the short task (~67 tokens)
 
 # %% [markdown]
 # ## 1. The task and the policy
 #
-# The embedded task is long addition written out column by column, least-significant digit
-# first, with explicit carries. The reward $R_i$ is **verifiable**: 1 if the final answer is
-# right, 0 otherwise. The tiny model was warm-started on a "sloppy teacher" that forgets
-# carries 60 % of the time, so sampling sometimes gets a problem right and sometimes not —
-# exactly the situation in which GRPO has something to learn.
+# The embedded task is long addition of numbers of up to 14 digits, written out one narrated
+# line per column, least-significant digit first (`b: 4+9+0=13 write 3 carry 1`), then the
+# answer: worked answers of ~250 tokens. The reward $R_i$ is **verifiable**: 1 if the final
+# answer is right, 0 otherwise. The tiny model was warm-started on a "sloppy teacher" that
+# usually drops the carry of a column summing to exactly 10 or 11, so sampling sometimes gets
+# a problem right and sometimes not — exactly the situation in which GRPO has something to
+# learn. (Set `TASK = "arithmetic"` above for the short task; everything below runs on both.)
 
 # %%
-model, tokenizer = load_model(MODEL)
-task = get_task("arithmetic")
+model, tokenizer = load_model(MODEL, task=TASK)
+task = get_task(TASK)
 example = task.train_examples[0]
 print(f"{count_parameters(model):,} parameters, vocabulary of {len(tokenizer)} characters")
 print("prompt:    ", repr(task.prompt_text(example)))
@@ -88,18 +91,20 @@ print("reward of the right solution:", task.reward(example.solution, example),
 
 # %%
 G = 8
-# Four short questions with exactly one carry: the warm-started model gets such a question right
-# in about 40 % of its samples, so most groups mix right and wrong answers.
-questions = [e for e in task.train_examples if e.solution.count("c1") == 1 and len(e.question) <= 7][:4]
+# Four questions on which the planted habit can slip exactly once (`task.slip_count`: for
+# long-addition, one column summing to exactly 10 or 11; for arithmetic, one carry). The
+# warm-started model gets such a question right in some of its samples, so most groups mix
+# right and wrong answers — the groups GRPO learns from.
+questions = [e for e in task.train_examples if task.slip_count(e) == 1][:4]
 torch.manual_seed(1)
-L_max = 96  # max_new_tokens: the generation limit, a constant of the run
+L_max = 420  # max_new_tokens: the generation limit, a constant of the run (the trainer's default)
 batch = generate(model, tokenizer, task, questions, group_size=G, max_new_tokens=L_max, temperature=1.0)
 B, T = batch.response_mask.shape
 P = batch.prompt_columns
 lengths = batch.response_mask.sum(dim=1)
 print(f"B = {B} responses, P = {P} prompt columns, T = {T} response columns, |o_i| from "
       f"{int(lengths.min())} to {int(lengths.max())}")
-for row in (0, 1, 2):
+for row in (0, 1):
     print(f"  R = {batch.rewards[row]:.0f}  {task.prompt_text(batch.examples[row])}{batch.completions[row]}")
 print("rewards per group:\n", batch.rewards.view(-1, G))
 
@@ -211,7 +216,7 @@ with torch.no_grad():
     old_logprobs = response_logprobs(model, batch.input_ids, batch.attention_mask, batch.response_mask)
     ref_logprobs = response_logprobs(reference, batch.input_ids, batch.attention_mask, batch.response_mask)
 clip_eps, clip_eps_high, beta = 0.2, 0.28, 0.05
-optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)  # the trainer's scale (1.5e-4 peak)
 model.train()
 for update in range(3):
     logprobs = response_logprobs(model, batch.input_ids, batch.attention_mask, batch.response_mask)
@@ -263,7 +268,8 @@ plt.show()
 # %% [markdown]
 # Almost every ratio is exactly 1: most tokens of these solutions are copied digits that the
 # model predicts with probability ≈ 1 before and after the update. The tokens that move are
-# the **decisions** — above all the carries `c0`/`c1`, the habit the warm start got wrong.
+# the **decisions** — above all the carries (`carry 0` / `carry 1` after a column summing to 10
+# or 11), the habit the warm start got wrong.
 # A few moved past the clip range; for them the surrogate is flat and their gradient is 0.
 #
 # ## 6. Aggregating the per-token terms

@@ -54,15 +54,19 @@ from minnat.tasks import get_task
 torch.set_num_threads(1)  # the tiny model's matrices are too small to gain from more threads
 torch.manual_seed(0)
 torch.set_printoptions(precision=4, sci_mode=False, linewidth=120)
-MODEL = "embedded"  # the tiny Qwen3 in minnat/assets/tiny-qwen3/
+MODEL = "embedded"      # the tiny Qwen3 made for the task (minnat/assets/tiny-qwen3-long/)
+TASK = "long-addition"  # ~250-token worked answers; "arithmetic" is the short task (~67 tokens)
 
-model, tokenizer = load_model(MODEL)
-task = get_task("arithmetic")
+model, tokenizer = load_model(MODEL, task=TASK)
+task = get_task(TASK)
 G = 8
-# Four questions of at most 3 + 3 digits with exactly one carry: the warm-started model gets such a
-# question right in about 40 % of its samples, so most groups mix right and wrong answers.
-questions = [e for e in task.train_examples if e.solution.count("c1") == 1 and len(e.question) <= 7][:4]
-batch = generate(model, tokenizer, task, questions, group_size=G, max_new_tokens=96)
+# Four questions on which the planted habit can slip exactly once (`task.slip_count`: for
+# long-addition, one column summing to exactly 10 or 11; for arithmetic, one carry). The
+# warm-started model gets such a question right in some of its samples, so most groups mix
+# right and wrong answers — the groups GRPO learns from.
+questions = [e for e in task.train_examples if task.slip_count(e) == 1][:4]
+# 420 new tokens: the trainer's default limit.
+batch = generate(model, tokenizer, task, questions, group_size=G, max_new_tokens=420)
 mask = batch.response_mask
 lengths = mask.sum(dim=1)
 advantages = group_advantages(batch.rewards, G)
@@ -208,14 +212,17 @@ assert torch.allclose(full_lp[:cut], cut_lp, atol=1e-5)
 # log-softmax at dropped positions.
 
 # %%
-dropped, kept_later = 5, L_row - 2
+dropped = 5
 tampered = original.clone()
 tampered[P + dropped] = (tampered[P + dropped] + 1 - 3) % (len(tokenizer) - 3) + 3   # another ordinary character
 with torch.no_grad():
     tampered_lp = token_logprobs(tampered, P)
-change = (tampered_lp[kept_later] - full_lp[kept_later]).abs().item()
-print(f"changing dropped token {dropped + 1} moves log π of kept token {kept_later + 1} by {change:.2e}")
-assert change > 1e-5
+later_changes = (tampered_lp[dropped + 1:] - full_lp[dropped + 1:]).abs()   # every later token, kept or not
+kept_later = dropped + 1 + int(later_changes.argmax())
+print(f"changing dropped token {dropped + 1} moves log π of later tokens by up to {later_changes.max():.2e} "
+      f"(token {kept_later + 1}); {int((later_changes > 1e-5).sum())} of the {L_row - dropped - 1} later tokens "
+      "move by more than 1e-5")
+assert later_changes.max() > 1e-5
 
 # %% [markdown]
 # `response_logprobs(model, input_ids, attention_mask, response_mask, selection)` uses this:
@@ -389,17 +396,21 @@ plt.show()
 # %%
 for name in compared:
     assert variance[name][-1] < 1e-8, f"{name}: ρ = 1 keeps every token, so no variance"
-    assert variance[name][0] > variance[name][2] > 0, f"{name}: less budget, more variance"
+    assert variance[name][0] > variance[name][3] > 0, f"{name}: less budget, more variance"
+    print(f"{name:18s} ± s.e. of those means: " + "  ".join(f"ρ={b}: {e:.2g}" for b, e in zip(budgets, variance_error[name])))
 for index, budget in enumerate(budgets[:-1]):
     assert cost["RPC uniform-floor"][index] < cost["URS"][index], "RPC gives the model fewer tokens"
-assert variance["RPC uniform-floor"][0] > variance["URS"][0], "at ρ = 0.1 RPC pays more variance than URS"
 print("tokens needed / full:", {name: [round(c, 2) for c in values] for name, values in cost.items()})
 assert min(cost["URS"][2:]) > 0.9, "from ρ = 0.5 on, URS runs the transformer over (almost) everything"
+assert variance["RPC uniform-floor"][0] > variance["URS"][0], "at ρ = 0.1 RPC pays more variance than URS"
 
 # %% [markdown]
-# Reading the plots: the variance grows as the budget shrinks, and at small budgets RPC's is
-# several times URS's (one cut decides all of a response's tokens at once, and late tokens
-# carry large weights).
+# Reading the plots: the variance grows as the budget shrinks (ρ = 1 has none), and at small
+# budgets RPC's is several times URS's: one cut decides all of a response's tokens at once, and
+# the late tokens it keeps weigh up to $1/\alpha = 1/(0.2\rho)$ (50 at ρ = 0.1), where URS's
+# weigh $1/\rho$ (10). The error bars (16 draws each, printed above) are wide at small budgets
+# for the same reason: a few draws with large weights carry most of the mean — a heavy-tailed
+# variance, which is why one draw per training step is noisier than its typical size suggests.
 # On the cost side URS needs (almost) the whole sequence — only at tiny budgets does the
 # last kept token sit noticeably before the end — while RPC's input shrinks with $\rho$
 # (down to the prompt, which is always read).

@@ -114,7 +114,7 @@ del meta_model
 #   $H \times V$ per scored position — the part URS saves on dropped tokens. For Qwen3-0.6B that
 #   is about a quarter of the FLOPs per token (last column), so URS at $\rho = 1/2$ can save at
 #   most about an eighth of the update's compute;
-# * the **length** of GSM8K answers (hundreds of tokens, vs. tens for the arithmetic task):
+# * the **length** of GSM8K answers (hundreds of tokens, like the embedded long-addition task's ~250):
 #   the transformer body's cost grows with prompt + response length — the part only RPC cuts.
 #
 # ## 2. The commands, on one GPU
@@ -417,7 +417,8 @@ def compute_loss(model, inputs, nat_method="full", nat_budget=1.0, generator=Non
 
 
 # %% [markdown]
-# Check it on a real rollout of the embedded model (arithmetic task, on-policy as with μ = 1):
+# Check it on a real rollout of the embedded long-addition model (on-policy as with μ = 1; set
+# `TASK = "arithmetic"` for the short task):
 #
 # * with `nat_method="full"` it is plain GRPO, equal to `policy_loss` without weights;
 # * with RPC it equals `policy_loss(..., weights=selection.weights)` fed by minnat's own
@@ -426,11 +427,12 @@ def compute_loss(model, inputs, nat_method="full", nat_budget=1.0, generator=Non
 # * averaged over draws, its gradient approaches the full gradient.
 
 # %%
-model, tokenizer = load_model("embedded")
-arithmetic = get_task("arithmetic")
-questions = [e for e in arithmetic.train_examples if e.solution.count("c1") == 1][:4]
+TASK = "long-addition"  # ~250-token worked answers, the trainer's default task
+model, tokenizer = load_model("embedded", task=TASK)
+task = get_task(TASK)
+questions = [e for e in task.train_examples if task.slip_count(e) == 1][:4]   # one place to slip: mixed groups
 torch.manual_seed(0)
-batch = generate(model, tokenizer, arithmetic, questions, group_size=8, max_new_tokens=96)
+batch = generate(model, tokenizer, task, questions, group_size=8, max_new_tokens=420)
 P = batch.prompt_columns
 inputs = {"prompt_ids": batch.input_ids[:, :P], "prompt_mask": batch.attention_mask[:, :P],
           "completion_ids": batch.input_ids[:, P:], "completion_mask": batch.response_mask.long(),
