@@ -64,6 +64,7 @@ def main(argv=None) -> int:
     parser.add_argument("--live-steps", type=int, default=None,
                         help="GRPO steps per method in the live view (default: the view's own, the trainer's)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--no-live", action="store_true", help="skip the Live-training view (minutes of training)")
     args = parser.parse_args(argv)
 
     import torch
@@ -118,6 +119,9 @@ def main(argv=None) -> int:
             for name in ("#nat-agreement-status", "#nat-agreement-table"):
                 print(page.locator(name).inner_text())
 
+            if args.no_live:
+                browser.close()
+                return 0
             open_tab(page, "Live training")
             if args.live_steps is not None:
                 steps = page.get_by_label("steps", exact=True)

@@ -205,8 +205,10 @@ def bias_cell(result) -> str:
         return f"{result.bias:.2g} (exact: every draw is the same)"
     if not math.isfinite(result.bias_squared_standard_error):
         return "— (needs N ≥ 3)"
-    return (f"{result.bias:.3f} (b² = {result.bias_squared:.2g} ± {result.bias_squared_standard_error:.2g}, "
-            f"z = {result.bias_z:.1f})")
+    measured = f"b² = {result.bias_squared:.2g} ± {result.bias_squared_standard_error:.2g}, z = {result.bias_z:.1f}"
+    if result.bias_z < SIGNIFICANT_Z:  # b = √max(b², 0) of a b² within noise of 0 is not a measured bias
+        return f"not significant ({measured})"
+    return f"{result.bias:.3f} ({measured})"
 
 
 def bias_sentence(results) -> str:
