@@ -128,7 +128,7 @@ def test_one_rpc_update_under_zero3_equals_the_single_process_step(tmp_path):
         expected = parameter.detach() - LEARNING_RATE * gradient
         torch.testing.assert_close(ranks[0]["final"][name], expected, rtol=1e-5, atol=2e-6)
         assert torch.equal(ranks[0]["final"][name], ranks[1]["final"][name])
-        moved = max(moved, float((expected - parameter).abs().max()))
+        moved = max(moved, float((expected - parameter.detach()).abs().max()))
     assert moved > 1e-3  # the step did something to compare
 
 

@@ -32,8 +32,17 @@ from minnat.nat import METHODS, RPC_CUT_DISTRIBUTIONS
 from minnat.tasks import get_task
 
 
-# Each task's completion limit: its longest worked answer fits (long-addition: 413 tokens with EOS).
-MAX_NEW_TOKENS = {"long-addition": 420, "arithmetic": 96, "gsm8k": 512}
+# Per-task defaults. long-addition: `python -m minnat.train`'s own (30 steps × 128 responses, peak learning
+# rate 1.5e-4 after 3 warmup steps, then linear decay; TRL's "grpo" loss is minnat's seq-mean-token-mean);
+# its longest worked answer is 413 tokens with EOS. arithmetic: the quick short-answer run.
+TASK_DEFAULTS = {
+    "long-addition": dict(max_new_tokens=420, steps=30, prompts_per_step=16, learning_rate=1.5e-4, warmup_steps=3,
+                          loss_type="grpo"),
+    "arithmetic": dict(max_new_tokens=96, steps=20, prompts_per_step=8, learning_rate=1e-4, warmup_steps=0,
+                       loss_type="dapo"),
+    "gsm8k": dict(max_new_tokens=512, steps=20, prompts_per_step=8, learning_rate=1e-6, warmup_steps=0,
+                  loss_type="dapo"),
+}
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -46,15 +55,19 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--method", default="rpc", choices=METHODS)
     parser.add_argument("--budget", type=float, default=0.5, help="ρ, the expected fraction of tokens kept")
     parser.add_argument("--cut-distribution", default="uniform-floor", choices=RPC_CUT_DISTRIBUTIONS)
-    parser.add_argument("--loss-type", default="dapo", help="TRL's loss_type (grpo, bnpo, dr_grpo, dapo, ...)")
-    parser.add_argument("--steps", type=int, default=20, help="optimizer steps (one generation batch each)")
-    parser.add_argument("--prompts-per-step", type=int, default=8, help="prompts per process per step")
+    parser.add_argument("--loss-type", default=None,
+                        help="TRL's loss_type (grpo, bnpo, dr_grpo, dapo, ...); default per task (TASK_DEFAULTS)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="optimizer steps (one generation batch each); default per task")
+    parser.add_argument("--prompts-per-step", type=int, default=None,
+                        help="prompts per process per step; default per task")
     parser.add_argument("--group-size", type=int, default=8, help="G, responses per prompt")
     parser.add_argument("--gradient-accumulation-steps", type=int, default=1,
                         help="split each step's responses into this many backward passes (less memory)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="completion limit; default: 420 for long-addition, 96 for arithmetic, 512 for gsm8k")
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--learning-rate", type=float, default=None, help="peak learning rate; default per task")
+    parser.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps; default per task")
     parser.add_argument("--beta", type=float, default=0.0, help="k3 KL coefficient (loads a reference model)")
     parser.add_argument("--num-iterations", type=int, default=1, help="μ, updates per generation batch")
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -66,7 +79,11 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/trl-nat", help="output folder (TRL's output_dir)")
     parser.add_argument("--save", action="store_true", help="save the trained model at the end")
-    return parser.parse_args(argv)
+    arguments = parser.parse_args(argv)
+    for name, value in TASK_DEFAULTS[arguments.task].items():
+        if getattr(arguments, name) is None:
+            setattr(arguments, name, value)
+    return arguments
 
 
 def config_from(arguments: argparse.Namespace) -> NATGRPOConfig:
@@ -85,7 +102,8 @@ def config_from(arguments: argparse.Namespace) -> NATGRPOConfig:
         output_dir=arguments.out, seed=arguments.seed, use_cpu=not on_gpu, bf16=arguments.bf16,
         nat_method=arguments.method, nat_budget=arguments.budget, nat_cut_distribution=arguments.cut_distribution,
         loss_type=arguments.loss_type, beta=arguments.beta, num_iterations=arguments.num_iterations,
-        max_steps=arguments.steps, learning_rate=arguments.learning_rate,
+        max_steps=arguments.steps, learning_rate=arguments.learning_rate, warmup_steps=arguments.warmup_steps,
+        lr_scheduler_type="linear",
         per_device_train_batch_size=responses // arguments.gradient_accumulation_steps,
         gradient_accumulation_steps=arguments.gradient_accumulation_steps,
         num_generations=arguments.group_size, max_completion_length=arguments.max_new_tokens,
@@ -96,8 +114,6 @@ def config_from(arguments: argparse.Namespace) -> NATGRPOConfig:
 def main(argv=None) -> dict:
     arguments = parse_arguments(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if arguments.max_new_tokens is None:
-        arguments.max_new_tokens = MAX_NEW_TOKENS[arguments.task]
     model, tokenizer = load_model(arguments.model, device=device, task=arguments.task,
                                   dtype="bfloat16" if arguments.bf16 else "float32")
     task = get_task(arguments.task, data_path=arguments.data_path, seed=arguments.seed)
