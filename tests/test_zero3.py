@@ -92,19 +92,20 @@ ZERO3_WORKER = COMMON + textwrap.dedent('''
 ''' % LEARNING_RATE)
 
 
-def run_two_ranks(script: Path, *arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "0", "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0",
-                           str(script), *arguments],
-                          capture_output=True, text=True, timeout=400, env=ENVIRONMENT, cwd=REPO)
+def run_two_ranks(worker: str, folder: Path) -> list[dict]:
+    """Run `worker` (a script's text) in two gloo processes; each leaves folder/rank<r>.pt, returned in rank order."""
+    script = folder / "worker.py"
+    script.write_text(worker)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", "0", "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0",
+                             str(script), str(folder)],
+                            capture_output=True, text=True, timeout=400, env=ENVIRONMENT, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [torch.load(folder / f"rank{rank}.pt") for rank in (0, 1)]
 
 
 def test_one_rpc_update_under_zero3_equals_the_single_process_step(tmp_path):
-    script = tmp_path / "zero3_worker.py"
-    script.write_text(ZERO3_WORKER)
-    result = run_two_ranks(script, str(tmp_path))
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    ranks = run_two_ranks(ZERO3_WORKER, tmp_path)
     assert ranks[0]["head_numel"] == 0  # the head's weight really was partitioned outside its forward
 
     # The reference: both ranks' losses on one unsharded model; DeepSpeed averages gradients over ranks.
@@ -178,11 +179,7 @@ TRL_WORKER = textwrap.dedent('''
 
 
 def test_nat_grpo_trainer_trains_under_zero3_with_the_head_partitioned(tmp_path):
-    script = tmp_path / "trl_zero3.py"
-    script.write_text(TRL_WORKER)
-    result = run_two_ranks(script, str(tmp_path))
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    ranks = run_two_ranks(TRL_WORKER, tmp_path)
     for rank in ranks:
         assert rank["deepspeed"] and rank["module_calls"] > 0
         assert all(rank["zero3_heads"]) and rank["head_numel"] == 0  # the head really was partitioned
