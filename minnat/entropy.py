@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from minnat.logprobs import check_contiguous_spans, logprob_dtype, needed_columns, packed_inputs, plan_micro_batches
+from minnat.logprobs import logprob_dtype, scored_hidden_states
 from minnat.nat import check_response_mask
 
 
@@ -50,23 +50,11 @@ def response_entropies(model, input_ids: torch.Tensor, attention_mask: torch.Ten
     temperature     τ of the sampling, as TRL divides the logits by it before the entropy
     """
     check_response_mask(response_mask)
-    batch, total = input_ids.shape
-    response_columns = response_mask.shape[1]
-    prompt_columns = total - response_columns
-    device = input_ids.device
-    mask = response_mask.bool().to(device)
-    attention_mask = attention_mask.long()
-    starts, ends = needed_columns(attention_mask, mask)  # first real token .. the column before the last
-    check_contiguous_spans(attention_mask, starts, ends)
-    output = torch.zeros(batch, response_columns, dtype=logprob_dtype(model), device=device)
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
-    for micro in plan_micro_batches(starts, ends, overhead_tokens=micro_batch_overhead_tokens):
-        rows = micro.rows.to(device)
-        ids, positions = packed_inputs(input_ids, starts, micro)  # spans moved to column 0, as in minnat.logprobs
-        hidden = decoder(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
-        local_row, column = mask[rows].nonzero(as_tuple=True)
-        # The hidden state at column j predicts column j + 1 (as in `minnat.logprobs`).
-        values = entropy_from_hidden(head, hidden[local_row, prompt_columns + column - 1 - starts[rows[local_row]]],
-                                     temperature, chunk_size)
-        output[rows[local_row], column] = values.to(output.dtype)
+    batch, response_columns = response_mask.shape
+    output = torch.zeros(batch, response_columns, dtype=logprob_dtype(model), device=input_ids.device)
+    head = model.get_output_embeddings()
+    for rows, column, hidden in scored_hidden_states(model.get_decoder(), input_ids, attention_mask,
+                                                     response_mask.bool().to(input_ids.device),
+                                                     overhead_tokens=micro_batch_overhead_tokens):
+        output[rows, column] = entropy_from_hidden(head, hidden, temperature, chunk_size).to(output.dtype)
     return output

@@ -70,6 +70,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.utils.checkpoint
 
+try:
+    from torch.distributed.tensor import DTensor  # FSDP2's sharded parameters
+except ImportError:  # a torch built without distributed
+    DTensor = None
+
 from minnat.nat import Selection, check_response_mask
 
 
@@ -154,6 +159,37 @@ def check_contiguous_spans(attention_mask: torch.Tensor, starts: torch.Tensor, e
         raise ValueError("attention_mask has zeros between a row's first real token and its last response token; "
                          "minnat expects a left-padded prompt followed by the response (padding only after "
                          "its end), as `generate` returns.")
+
+
+def scored_hidden_states(decoder, input_ids: torch.Tensor, attention_mask: torch.Tensor, scored: torch.Tensor, *,
+                         max_rows: int | None = None, overhead_tokens: int = 128,
+                         stats: LogprobStats | None = None):
+    """Run the decoder on packed micro-batches and yield, per micro-batch, the hidden states that
+    predict the scored response tokens: (rows [k], response_column [k], hidden [k, H]), where
+    hidden[k] predicts input_ids[rows[k], P + response_column[k]].
+
+    input_ids, attention_mask [B, P + T] (left-padded prompt, right-padded response); scored bool
+    [B, T]. Each row is given the columns from its first real token to the one before its last
+    scored token (`needed_columns`), grouped by `plan_micro_batches` and packed by
+    `packed_inputs`; what the model was given is added to `stats` when one is passed.
+    """
+    attention_mask = attention_mask.long()
+    prompt_columns = input_ids.shape[1] - scored.shape[1]
+    starts, ends = needed_columns(attention_mask, scored)
+    check_contiguous_spans(attention_mask, starts, ends)
+    for micro in plan_micro_batches(starts, ends, max_rows=max_rows, overhead_tokens=overhead_tokens):
+        rows = micro.rows.to(input_ids.device)
+        ids, positions = packed_inputs(input_ids, starts, micro)
+        hidden = decoder(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
+        if stats is not None:
+            stats.tokens_to_model += ids.numel()
+            stats.real_tokens_to_model += int((ends[rows] - starts[rows]).sum())
+            stats.micro_batches += 1
+            stats.micro_batch_shapes.append(tuple(ids.shape))
+        local_row, response_column = scored[rows].nonzero(as_tuple=True)
+        # Packed column of the hidden state at original column P + t − 1, which predicts column P + t.
+        hidden_column = prompt_columns + response_column - 1 - starts[rows[local_row]]
+        yield rows[local_row], response_column, hidden[local_row, hidden_column]
 
 
 def head_tile_sizes(hidden_size: int, vocab_size: int) -> tuple[int, int]:
@@ -276,17 +312,12 @@ def _tile_logits(hidden_tile, weight, bias, vocab_begin, vocab_end, temperature,
 def head_weight_is_sharded(head: torch.nn.Module) -> bool:
     """True when a sharding engine keeps the LM head's weight partitioned outside the head's own
     forward, so it can only be used by calling the head: DeepSpeed ZeRO-3 (a parameter with
-    `ds_id`, an empty placeholder until a module hook gathers it) or a torch DTensor (FSDP2)."""
+    `ds_id`, an empty placeholder until a module hook gathers it; tested) or a torch DTensor
+    (FSDP2; untested, and FSDP is refused by `minnat.integrations.trl`)."""
     weight = getattr(head, "weight", None)
     if weight is None:
         return False
-    if hasattr(weight, "ds_id"):
-        return True
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch built without distributed
-        return False
-    return isinstance(weight, DTensor)
+    return hasattr(weight, "ds_id") or (DTensor is not None and isinstance(weight, DTensor))
 
 
 def _chunk_logprob_through_module(head, hidden, targets, temperature: float, accumulate: torch.dtype):
@@ -443,35 +474,19 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     prompt_columns = total - response_columns
     device = input_ids.device
     scored = response_mask.bool() if selection is None else selection.keep.to(device)
-    attention_mask = attention_mask.long()
-    starts, ends = needed_columns(attention_mask, scored)
-    check_contiguous_spans(attention_mask, starts, ends)
-
     # Every method goes through the same length-grouping planner, so that full and URS get the
     # same padding savings and RPC's advantage is only what its cut removes. For full and URS a
     # row needs every column up to its last scored token (for URS that is nearly the whole
     # response: a kept token near the end needs every column before it).
-    micro_batches = plan_micro_batches(starts, ends, max_rows=max_rows_per_micro_batch,
-                                       overhead_tokens=micro_batch_overhead_tokens)
-
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    head = model.get_output_embeddings()
     row_indices, column_indices, values = [], [], []
-    for micro in micro_batches:
-        rows = micro.rows.to(device)
-        ids, positions = packed_inputs(input_ids, starts, micro)
-        hidden = decoder(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
-        stats.tokens_to_model += ids.numel()
-        stats.real_tokens_to_model += int((ends[rows] - starts[rows]).sum())
-        stats.micro_batches += 1
-        stats.micro_batch_shapes.append(tuple(ids.shape))
-
-        local_row, response_column = scored[rows].nonzero(as_tuple=True)
-        hidden_column = prompt_columns + response_column - 1 - starts[rows[local_row]]
-        targets = input_ids[rows[local_row], prompt_columns + response_column]
-        values.append(score_positions(head, hidden[local_row, hidden_column], targets,
-                                      temperature=temperature, position_tile=head_position_tile,
-                                      vocab_tile=head_vocab_tile))
-        row_indices.append(rows[local_row])
+    for rows, response_column, hidden in scored_hidden_states(
+            model.get_decoder(), input_ids, attention_mask, scored, max_rows=max_rows_per_micro_batch,
+            overhead_tokens=micro_batch_overhead_tokens, stats=stats):
+        targets = input_ids[rows, prompt_columns + response_column]
+        values.append(score_positions(head, hidden, targets, temperature=temperature,
+                                      position_tile=head_position_tile, vocab_tile=head_vocab_tile))
+        row_indices.append(rows)
         column_indices.append(response_column)
         stats.positions_scored += int(targets.numel())
 
