@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -44,7 +43,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-LOAD_AT_START = float("nan")  # the 1-minute load average when main() starts: was the machine idle?
 COLOURS = {"full": "#444444", "urs": "#1f77b4", "rpc": "#d62728",
            "rpc-unweighted": "#ff7f0e", "top-entropy": "#9467bd"}  # the biased contrasts
 
@@ -186,7 +184,7 @@ def markdown(report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summarise(results, methods, budget, seeds, extra, paired, wall_seconds) -> dict:
+def summarise(results, methods, budget, seeds, extra, paired, wall_seconds, load_at_start) -> dict:
     per_method = {}
     for method in methods:
         runs = [r for r in results if r["method"] == method]
@@ -207,10 +205,9 @@ def summarise(results, methods, budget, seeds, extra, paired, wall_seconds) -> d
     full_mean = per_method["full"]["mean"] if "full" in per_method else None
     for method, row in per_method.items():
         row["mean_minus_full_points"] = None if full_mean is None else (row["mean"] - full_mean) * 100
-    from minnat.bench_memory import cpu_model
+    from scripts.experiment_record import describe_machine
 
-    return {"date": time.strftime("%Y-%m-%d"), "machine": f"{cpu_model() or platform.machine()}, "
-            f"{os.cpu_count()} cores, load average {LOAD_AT_START:.2f} at the start", "threads_per_run": 1, "budget": budget, "seeds": seeds,
+    return {"date": time.strftime("%Y-%m-%d"), "machine": describe_machine(load_at_start), "threads_per_run": 1, "budget": budget, "seeds": seeds,
             "extra_flags": extra, "wall_seconds": round(wall_seconds, 1),
             "command": "python scripts/compare_methods.py " + " ".join(sys.argv[1:]),
             "methods": per_method, "paired_costs": paired,
@@ -232,8 +229,7 @@ def main(argv=None):
     extra = [flag for flag in args.extra if flag != "--"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    global LOAD_AT_START
-    LOAD_AT_START = os.getloadavg()[0]
+    load_at_start = os.getloadavg()[0]  # the 1-minute load average: was the machine idle?
     jobs = [(method, seed, args.budget if method != "full" else 1.0, str(out), extra)
             for seed in args.seeds for method in args.methods]
     start = time.time()
@@ -247,7 +243,8 @@ def main(argv=None):
             results.append(result)
     paired = paired_costs(args.methods, args.budget, args.paired_batches, args.seeds[0], extra) \
         if args.paired_batches else {}
-    report = summarise(results, args.methods, args.budget, args.seeds, extra, paired, time.time() - start)
+    report = summarise(results, args.methods, args.budget, args.seeds, extra, paired, time.time() - start,
+                       load_at_start)
     (out / "results.json").write_text(json.dumps(report, indent=2))
     plot(results, args.methods, args.budget, out / "accuracy.png")
     table = markdown(report)

@@ -16,10 +16,7 @@ log-normal. Counts and variances do not depend on the machine's load (no timing 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +31,7 @@ from minnat.grpo import group_advantages  # noqa: E402
 from minnat.nat import CUT_SAMPLINGS, select_tokens  # noqa: E402
 from minnat.rollout import generate  # noqa: E402
 from minnat.train import Trainer, TrainConfig  # noqa: E402
+from scripts.experiment_record import record_header, write_record  # noqa: E402
 
 
 def kept_total_cv(lengths: torch.Tensor, budget: float, draws: int, seed: int) -> dict:
@@ -119,19 +117,13 @@ def main(argv=None) -> int:
                                "kept_fraction_std": float(torch.tensor(result.draw_kept_fractions).std())}
 
     results = {
-        "date": datetime.date.today().isoformat(), "machine": f"{platform.machine()} {platform.processor()}".strip(),
-        "torch": torch.__version__, "threads": args.num_threads,
-        "command": "python scripts/cut_sampling_variance.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        **record_header("scripts/cut_sampling_variance.py", argv), "threads": args.num_threads,
         "batch_size": args.batch_size, "budget": args.budget, "draws_per_batch": args.draws,
         "kept_total": distributions, "gradient": gradients,
         "gradient_batch": {"task": args.task, "responses": int(batch.response_mask.shape[0]),
                            "response_tokens": int(batch.response_mask.sum())},
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "README.md").write_text(markdown(results))
-    print((out / "README.md").read_text())
+    write_record(args.out, results, markdown(results))
     return 0
 
 

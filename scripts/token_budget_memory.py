@@ -20,10 +20,7 @@ Memory (bytes saved for backward) does not depend on the machine's load.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -35,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from minnat.rollout import RolloutBatch  # noqa: E402
 from minnat.train import Trainer, TrainConfig  # noqa: E402
+from scripts.experiment_record import record_header, write_record  # noqa: E402
 
 
 def synthetic_batch(mean_length: int, batch_size: int, group_size: int, prompt_length: int, vocab_size: int,
@@ -76,8 +74,7 @@ def main(argv=None) -> int:
                 f"token-budget {token_budget}, stratified cuts": dict(token_budget=token_budget,
                                                                       cut_sampling="stratified")}
     steps = [(m, repeat) for m in args.mean_lengths for repeat in range(args.repeats)]
-    results = {"date": datetime.date.today().isoformat(), "machine": platform.machine(), "torch": torch.__version__,
-               "command": "python scripts/token_budget_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    results = {**record_header("scripts/token_budget_memory.py", argv),
                "batch_size": args.batch_size, "prompt_length": args.prompt_length, "token_budget": token_budget,
                "mean_lengths": args.mean_lengths, "settings": {}}
     for name, overrides in settings.items():
@@ -101,11 +98,7 @@ def main(argv=None) -> int:
             "steps": rows, "activation_mean_bytes": mean,
             "max_deviation_from_mean": float((memory - mean).abs().max() / mean),
             "max_over_min": float(memory.max() / memory.min())}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "README.md").write_text(markdown(results))
-    print((out / "README.md").read_text())
+    write_record(args.out, results, markdown(results))
     return 0
 
 
