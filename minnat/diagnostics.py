@@ -598,3 +598,67 @@ def ht_weight_curves(length: int, budget: float, method: str = "rpc", cut_distri
         inclusion_prob=inclusion_prob, weight=1.0 / inclusion_prob, mean_weight=mean_weight,
         standard_error=torch.sqrt((1.0 - inclusion_prob).clamp(min=0.0) / (inclusion_prob * num_draws)),
         kept_fraction=float(keep_counts.sum()) / (num_draws * length))
+
+
+# ----------------------------------------------------------------------------- expected weight per position
+
+def expected_token_weights(response_mask: torch.Tensor, method: str, budget: float = 0.5, *,
+                           cut_distribution: str = "uniform-floor", entropies: torch.Tensor | None = None,
+                           loss_agg: str = "seq-mean-token-mean") -> torch.Tensor:
+    """Each response token's expected weight in the loss, relative to full GRPO's -> float64 [B, T].
+
+    Write the loss as Σ_{i,t} c_{i,t} ℓ_{i,t}. Full GRPO (seq-mean-token-mean) has c_{i,t} = 1/(N|o_i|);
+    this returns E[c_{i,t}] / c^full_{i,t}, exactly, from π_t and the normaliser (0 off the mask):
+
+      full, urs, rpc    E[keep_t/π_t] = 1 at every position: the HT weights restore full GRPO's balance.
+      rpc-unweighted    weight 1 on the prefix, normalised over the kept C_i tokens instead of |o_i|:
+                        E[|o_i|·[t ≤ C_i]/C_i] = Σ_{c ≥ t} P(C_i = c)·|o_i|/c. It falls with π_t
+                        towards the end of the response, and the early positions, kept by almost
+                        every cut and divided by a short C_i, weigh more than 1.
+      top-entropy       keep_t ∈ {0, 1} (the batch's top-ρ entropies; `entropies` [B, T] needed),
+                        full normaliser: 1 on the kept, high-entropy tokens, 0 elsewhere.
+
+    The law of each row's cut is the same with independent or stratified cuts, and these weights
+    need only that marginal. loss_agg: "seq-mean-token-mean" (the trainer's default) or
+    "seq-mean-token-sum-norm" (constant normaliser B·L_max: rpc-unweighted's weight is then π_t);
+    under "token-mean" rpc-unweighted divides by Σ_j C_j, which couples the rows: not computed here.
+    """
+    check_method_options(method, cut_distribution, "independent", methods=ALL_METHODS)
+    budget = check_budget(budget)
+    if loss_agg not in ("seq-mean-token-mean", "seq-mean-token-sum-norm"):
+        raise ValueError(f"expected_token_weights covers loss_agg 'seq-mean-token-mean' and "
+                         f"'seq-mean-token-sum-norm'; got {loss_agg!r} (under token-mean rpc-unweighted's "
+                         "normaliser Σ_j C_j couples the rows: estimate it by sampling instead).")
+    lengths = check_response_mask(response_mask.cpu())
+    mask = response_mask.bool().cpu()
+    if method in METHODS:
+        return mask.to(torch.float64)
+    if method == "top-entropy":
+        return select_for_method(mask, method, budget, entropies=entropies).keep.to(torch.float64)
+    if loss_agg == "seq-mean-token-sum-norm":
+        return rpc_inclusion_probabilities(lengths, mask.shape[1], budget, cut_distribution,
+                                           dtype=torch.float64) * mask
+    weights = torch.zeros(mask.shape, dtype=torch.float64)
+    for row, length in enumerate(lengths.tolist()):
+        if length:
+            cut_law = rpc_cut_probabilities(length, budget, cut_distribution)        # P(C = c), c = 1..L
+            per_cut = cut_law * length / torch.arange(1, length + 1, dtype=torch.float64)
+            weights[row, :length] = per_cut.flip(0).cumsum(0).flip(0)               # Σ_{c ≥ t}
+    return weights
+
+
+def expected_weight_profile(weights: torch.Tensor, response_mask: torch.Tensor,
+                            bins: int = 20) -> tuple[list[float], list[float]]:
+    """`expected_token_weights` averaged by relative position u = (t − ½)/|o_i| in `bins` equal bins, over
+    every response token of the batch -> (bin centres, mean weight per bin; NaN for an empty bin).
+
+    One curve for a batch of responses of different lengths: where in a response the weight sits."""
+    mask = response_mask.bool().cpu()
+    lengths = mask.sum(dim=1, keepdim=True).clamp(min=1).to(torch.float64)
+    positions = (torch.arange(mask.shape[1], dtype=torch.float64).unsqueeze(0) + 0.5) / lengths
+    index = (positions * bins).long().clamp(max=bins - 1)[mask]
+    values = weights.cpu().to(torch.float64)[mask]
+    totals = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, values)
+    counts = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, torch.ones_like(values))
+    means = torch.where(counts > 0, totals / counts.clamp(min=1), torch.full_like(totals, float("nan")))
+    return [(b + 0.5) / bins for b in range(bins)], means.tolist()

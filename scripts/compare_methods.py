@@ -1,10 +1,13 @@
-"""Full vs URS vs RPC on the embedded long-answer task: several seeds each, one plot, one JSON.
+"""Full vs URS vs RPC (and the biased contrasts) on an embedded task: several seeds each, one plot, one JSON.
 
     python scripts/compare_methods.py --out experiments/compare --seeds 0 1 2 --budget 0.5
     python scripts/compare_methods.py --methods full rpc rpc-unweighted -- --steps 10   # other methods, flags
+    python scripts/compare_methods.py --out experiments/late_credit --methods full urs rpc rpc-unweighted \
+        top-entropy -- --task late-credit --eval-every 5                              # another task
 
-Two measurements, both with the trainer's defaults (the embedded tiny Qwen3 made for the
-"long-addition" task, ~250-token answers) and differing only in --method (and the seed):
+Two measurements, both with the trainer's defaults (by default the embedded tiny Qwen3 made for
+the "long-addition" task, ~250-token answers; flags after -- change them for every run) and
+differing only in --method (and the seed):
 
 1. Learning. Every (method, seed) is one training run. Runs go in parallel worker processes
    with one CPU thread each (`--workers`), so a 2-core machine does two at a time. Held-out
@@ -22,7 +25,7 @@ Writes
     OUT/results.json   per method: final and best accuracy of each seed, mean, spread, tokens, times,
                        the paired cost ratios; every curve (step, accuracy, cumulative update s)
     OUT/accuracy.png   accuracy vs step and vs cumulative update seconds, mean and min–max over seeds
-    OUT/results.md     the table README.md quotes
+    OUT/README.md      the table the project's README quotes, with date, machine and command
     OUT/runs/<method>-seed<k>/   each run's folder (metrics.jsonl, summary.json; checkpoints removed)
 
 Timing figures depend on what else the machine runs: take them on an otherwise idle machine.
@@ -47,57 +50,75 @@ COLOURS = {"full": "#444444", "urs": "#1f77b4", "rpc": "#d62728",
            "rpc-unweighted": "#ff7f0e", "top-entropy": "#9467bd"}  # the biased contrasts
 
 
+def arm_label(method: str, budget: float) -> str:
+    """"full", or e.g. "rpc-0.5": the name of one (method, ρ) arm in folders and result tables."""
+    return "full" if method == "full" else f"{method}-{budget:g}"
+
+
 def run_one(job):
-    """One training run in a worker process -> its summary and curve."""
-    method, seed, budget, out, extra = job
+    """One training run in a worker process -> its summary and curve.
+
+    Resumable: a run whose summary.json exists is read back, not redone; a run killed part-way
+    continues from its last checkpoint (`--resume`, saved every 5 steps), so its metrics equal an
+    uninterrupted run's."""
+    method, seed, budget, run_dir, extra = job
     import torch
 
+    from minnat import checkpoint as ckpt
     from minnat.train import Trainer, parse_args
 
     torch.set_num_threads(1)
-    run_dir = Path(out) / "runs" / f"{method}-seed{seed}"
-    args = ["--method", method, "--budget", str(budget), "--seed", str(seed), "--out", str(run_dir),
-            "--overwrite", "--num-threads", "1", *extra]
-    summary = Trainer(parse_args(args), progress=False).train()
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # weights are not needed for the comparison
+    run_dir = Path(run_dir)
+    if not (run_dir / "summary.json").exists():
+        if ckpt.latest_checkpoint(run_dir) is not None:
+            args = ["--resume", str(run_dir)]
+        else:
+            args = ["--method", method, "--budget", str(budget), "--seed", str(seed), "--out", str(run_dir),
+                    "--overwrite", "--num-threads", "1", "--save-every", "5", *extra]
+        Trainer(parse_args(args), progress=False).train()
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # weights are not needed for the comparison
+    summary = json.loads((run_dir / "summary.json").read_text())
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     curve, update_seconds = [], 0.0
     for record in metrics:  # (step, accuracy, update seconds spent up to and including this step)
         update_seconds += record.get("update_seconds", 0.0)
         if "eval_accuracy" in record:
             curve.append((record["step"], record["eval_accuracy"], round(update_seconds, 3)))
-    return {"method": method, "seed": seed, "summary": summary, "curve": curve}
+    return {"method": method, "budget": budget, "seed": seed, "summary": summary, "curve": curve}
 
 
-def paired_costs(methods, budget, batches, seed, extra, log=print) -> dict:
-    """Per method: update seconds and activation bytes on the same rollout batches, and their
-    ratios to full's batch by batch (medians). Full is always measured, as the yardstick."""
+def paired_costs(arms, batches, seed, extra, log=print) -> dict:
+    """Per (method, ρ) arm: update seconds and activation bytes on the same rollout batches, and
+    their ratios to full's batch by batch (medians), keyed by `arm_label`. Full is always
+    measured, as the yardstick. Every arm's trainer sits at learning rate 0 (identical weights),
+    and the arms run in a shuffled order on each batch, serially on one thread."""
     import torch
 
     from minnat.rollout import generate
     from minnat.train import Trainer, parse_args
 
     torch.set_num_threads(1)
-    measured = ["full"] + [method for method in methods if method != "full"]
+    arms = [("full", 1.0)] + [(method, budget) for method, budget in arms if method != "full"]
+    labels = [arm_label(method, budget) for method, budget in arms]
     with tempfile.TemporaryDirectory(prefix="minnat-compare-") as scratch:
         trainers = {}
-        for method in measured:
-            args = ["--method", method, "--budget", str(budget if method != "full" else 1.0), "--seed", str(seed),
-                    "--out", str(Path(scratch) / method), "--num-threads", "1", *extra,
+        for label, (method, budget) in zip(labels, arms):
+            args = ["--method", method, "--budget", str(budget), "--seed", str(seed),
+                    "--out", str(Path(scratch) / label), "--num-threads", "1", *extra,
                     "--learning-rate", "0", "--warmup-steps", "0"]
-            trainers[method] = Trainer(parse_args(args), progress=False)
+            trainers[label] = Trainer(parse_args(args), progress=False)
         source = trainers["full"]
-        rows = {method: [] for method in measured}
+        rows = {label: [] for label in labels}
         for index in range(batches + 1):  # batch 0 warms up and is not reported
             torch.manual_seed(seed * 1_000_003 + index)
             config = source.config
             batch = generate(source.model, source.tokenizer, source.task, source.questions_for_step(index),
                              group_size=config.group_size, max_new_tokens=config.max_new_tokens,
                              temperature=config.temperature, top_p=config.top_p)
-            order = list(measured)
+            order = list(labels)
             random.Random(seed * 31 + index).shuffle(order)
-            for method in order:
-                trainer = trainers[method]
+            for label in order:
+                trainer = trainers[label]
                 trainer.config.measure_activation_memory = False  # time without the memory hooks ...
                 started = time.perf_counter()
                 trainer.update(batch)
@@ -105,26 +126,26 @@ def paired_costs(methods, budget, batches, seed, extra, log=print) -> dict:
                 trainer.config.measure_activation_memory = True   # ... then count the memory on its own pass
                 memory = trainer.update(batch)
                 if index:
-                    rows[method].append({"update_seconds": seconds, "activation_bytes": memory["activation_bytes"],
-                                         "tokens_to_model": memory["tokens_to_model"],
-                                         "full_tokens_to_model": memory["full_tokens_to_model"]})
+                    rows[label].append({"update_seconds": seconds, "activation_bytes": memory["activation_bytes"],
+                                        "tokens_to_model": memory["tokens_to_model"],
+                                        "full_tokens_to_model": memory["full_tokens_to_model"]})
             log(f"  paired costs: batch {index}/{batches}" + (" (warm-up, not reported)" if index == 0 else ""))
         trainers.clear()
     report = {}
-    for method in measured:
-        time_ratios = [row["update_seconds"] / full["update_seconds"] for row, full in zip(rows[method], rows["full"])]
+    for label in labels:
+        time_ratios = [row["update_seconds"] / full["update_seconds"] for row, full in zip(rows[label], rows["full"])]
         memory_ratios = [row["activation_bytes"] / full["activation_bytes"]
-                         for row, full in zip(rows[method], rows["full"])]
-        report[method] = {
-            "update_seconds_median": statistics.median(row["update_seconds"] for row in rows[method]),
-            "activation_bytes_median": statistics.median(row["activation_bytes"] for row in rows[method]),
-            "tokens_to_model_mean": statistics.fmean(row["tokens_to_model"] for row in rows[method]),
+                         for row, full in zip(rows[label], rows["full"])]
+        report[label] = {
+            "update_seconds_median": statistics.median(row["update_seconds"] for row in rows[label]),
+            "activation_bytes_median": statistics.median(row["activation_bytes"] for row in rows[label]),
+            "tokens_to_model_mean": statistics.fmean(row["tokens_to_model"] for row in rows[label]),
             "time_ratio_median": statistics.median(time_ratios), "time_ratio_range": [min(time_ratios), max(time_ratios)],
             "activation_ratio_median": statistics.median(memory_ratios),
             "activation_ratio_range": [min(memory_ratios), max(memory_ratios)],
-            "tokens_to_model_ratio": sum(r["tokens_to_model"] for r in rows[method]) /
-                                     sum(r["full_tokens_to_model"] for r in rows[method]),
-            "batches": rows[method],
+            "tokens_to_model_ratio": sum(r["tokens_to_model"] for r in rows[label]) /
+                                     sum(r["full_tokens_to_model"] for r in rows[label]),
+            "batches": rows[label],
         }
     return report
 
@@ -140,7 +161,7 @@ def mean_curve(runs):
     return steps, accuracy.mean(axis=0), accuracy.min(axis=0), accuracy.max(axis=0), seconds.mean(axis=0)
 
 
-def plot(results, methods, budget, path):
+def plot(results, methods, budget, path, task):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -163,8 +184,7 @@ def plot(results, methods, budget, path):
     for axis in (by_step, by_seconds):
         axis.grid(alpha=0.3)
     by_step.legend()
-    figure.suptitle("long-addition (~250-token answers): held-out accuracy by method — mean over seeds, band = min–max",
-                    fontsize=10)
+    figure.suptitle(f"{task}: held-out accuracy by method — mean over seeds, band = min–max", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -176,7 +196,7 @@ def markdown(report) -> str:
               "activation memory / full's (same batches) |")
     lines = [header, "|" + "---|" * 7]
     for method, row in report["methods"].items():
-        cost = report["paired_costs"].get(method, {})
+        cost = report["paired_costs"].get(arm_label(method, report["budget"]), {})
         lines.append(
             f"| {method} | {row['accuracy_before']:.1%} | {row['mean']:.1%} [{row['min']:.1%}, {row['max']:.1%}] | "
             f"{row['worst_drop_from_best'] * 100:.1f} points | {row['tokens_to_model_fraction']:.2f} | "
@@ -207,7 +227,10 @@ def summarise(results, methods, budget, seeds, extra, paired, wall_seconds, load
         row["mean_minus_full_points"] = None if full_mean is None else (row["mean"] - full_mean) * 100
     from scripts.experiment_record import describe_machine
 
-    return {"date": time.strftime("%Y-%m-%d"), "machine": describe_machine(load_at_start), "threads_per_run": 1, "budget": budget, "seeds": seeds,
+    from minnat.train import parse_args
+
+    return {"date": time.strftime("%Y-%m-%d"), "machine": describe_machine(load_at_start), "threads_per_run": 1,
+            "task": parse_args(extra).task, "budget": budget, "seeds": seeds,
             "extra_flags": extra, "wall_seconds": round(wall_seconds, 1),
             "command": "python scripts/compare_methods.py " + " ".join(sys.argv[1:]),
             "methods": per_method, "paired_costs": paired,
@@ -230,7 +253,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     load_at_start = os.getloadavg()[0]  # the 1-minute load average: was the machine idle?
-    jobs = [(method, seed, args.budget if method != "full" else 1.0, str(out), extra)
+    jobs = [(method, seed, args.budget if method != "full" else 1.0, str(out / "runs" / f"{method}-seed{seed}"), extra)
             for seed in args.seeds for method in args.methods]
     start = time.time()
     results = []
@@ -241,17 +264,18 @@ def main(argv=None):
                   f"{summary['accuracy_after']:.1%}, tokens to the model {summary['tokens_to_model_in_updates']} "
                   f"of full's {summary['full_tokens_to_model_in_updates']}", flush=True)
             results.append(result)
-    paired = paired_costs(args.methods, args.budget, args.paired_batches, args.seeds[0], extra) \
+    paired = paired_costs([(method, args.budget) for method in args.methods], args.paired_batches, args.seeds[0], extra) \
         if args.paired_batches else {}
     report = summarise(results, args.methods, args.budget, args.seeds, extra, paired, time.time() - start,
                        load_at_start)
     (out / "results.json").write_text(json.dumps(report, indent=2))
-    plot(results, args.methods, args.budget, out / "accuracy.png")
+    plot(results, args.methods, args.budget, out / "accuracy.png", report["task"])
     table = markdown(report)
-    (out / "results.md").write_text(f"{report['date']}, {report['machine']}, one thread per run; "
-                                    f"`{report['command']}`\n\n" + table)
+    (out / "README.md").write_text(f"# Methods compared on {report['task']}\n\n{report['date']}, {report['machine']}, "
+                                   f"one thread per run; `{report['command']}`\n\n{table}\n"
+                                   "![held-out accuracy by method](accuracy.png)\n")
     print("\n" + table)
-    print(f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / 'accuracy.png'}")
+    print(f"wrote {out / 'results.json'}, {out / 'README.md'} and {out / 'accuracy.png'}")
 
 
 if __name__ == "__main__":

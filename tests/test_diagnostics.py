@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from conftest import make_batch
-from minnat.diagnostics import (GradientAgreement, SelectionBias, exact_bias, gradient_agreement, ht_weight_curves,
-                                log_log_slope, policy_gradient, selection_bias)
+from minnat.diagnostics import (GradientAgreement, SelectionBias, exact_bias, expected_token_weights,
+                                gradient_agreement, ht_weight_curves, log_log_slope, policy_gradient,
+                                selection_bias, selection_outcomes)
+from minnat.grpo import policy_loss
 from minnat.nat import RPC_CUT_DISTRIBUTIONS
 
 NUM_DRAWS = 48
@@ -225,3 +227,46 @@ def test_row_by_row_enumeration_equals_the_joint_one(tiny_model, tiny_batch, los
     assert (by_rows - joint).abs().max() <= 1e-6 * joint.abs().max(), (by_rows - joint).abs().max()
     coupled = exact_bias(tiny_model, *tiny_batch, method="rpc-unweighted", loss_agg="token-mean")
     assert coupled.num_outcomes == 60 and coupled.relative_bias > 0.1  # Σ C_i couples the rows: joint law
+
+
+def enumerated_token_weights(response_mask, method, budget, loss_agg, cut_distribution, entropies=None):
+    """E[∂L/∂ℓ_{i,t}] / ∂L_full/∂ℓ_{i,t} by enumerating every selection outcome through policy_loss itself."""
+    def coefficients(selection):
+        logprobs = torch.zeros(response_mask.shape, dtype=torch.float64, requires_grad=True)
+        weights = None if selection is None else selection.weights.to(torch.float64)
+        loss_mask = response_mask if selection is None else selection.loss_mask(response_mask)
+        loss = policy_loss(logprobs, logprobs.detach(), -torch.ones(response_mask.shape[0], dtype=torch.float64),
+                           loss_mask, weights=weights, loss_agg=loss_agg, max_new_tokens=response_mask.shape[1])
+        return torch.autograd.grad(loss, logprobs)[0]  # with Â = −1 and ratio 1, ∂loss/∂logprob = c_{i,t}
+
+    expected = sum(probability * coefficients(selection) for selection, probability in
+                   selection_outcomes(response_mask, method, budget, entropies=entropies,
+                                      cut_distribution=cut_distribution))
+    full = coefficients(None)
+    return torch.where(response_mask, expected / torch.where(response_mask, full, torch.ones_like(full)),
+                       torch.zeros_like(full))
+
+
+@pytest.mark.parametrize("loss_agg", ["seq-mean-token-mean", "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize("method,cut_distribution", [("rpc-unweighted", "uniform-floor"), ("rpc-unweighted", "power"),
+                                                     ("rpc", "uniform-floor"), ("urs", "uniform-floor"),
+                                                     ("top-entropy", "uniform-floor"), ("full", "uniform-floor")])
+def test_expected_token_weights_equal_exact_enumeration(method, cut_distribution, loss_agg):
+    response_mask = torch.arange(7).unsqueeze(0) < torch.tensor([[7], [4], [2]])
+    if method == "urs":  # 2^13 masks is too many; two short rows suffice
+        response_mask = response_mask[1:]
+    entropies = torch.rand(response_mask.shape, generator=torch.Generator().manual_seed(0))
+    budget = 0.4
+    exact = enumerated_token_weights(response_mask, method, budget, loss_agg, cut_distribution, entropies)
+    computed = expected_token_weights(response_mask, method, budget, cut_distribution=cut_distribution,
+                                      entropies=entropies, loss_agg=loss_agg)
+    torch.testing.assert_close(computed, exact, rtol=1e-6, atol=1e-9)  # NAT's π_t are float32
+    if method == "rpc-unweighted":  # the contrast's weight falls along the response; the first token's is > 1
+        row = computed[0]
+        assert bool((row[1:] <= row[:-1] + 1e-12).all()) and row[-1] < 0.5
+        assert (row[0] > 1.0) == (loss_agg == "seq-mean-token-mean")
+
+
+def test_expected_token_weights_refuse_token_mean():
+    with pytest.raises(ValueError, match="token-mean"):
+        expected_token_weights(torch.ones(2, 3, dtype=torch.bool), "rpc-unweighted", 0.5, loss_agg="token-mean")

@@ -26,6 +26,13 @@ so their error flattens at b instead of falling like 1/√K (`GradientAgreement.
 Every method's b² is estimated from its N draws with a jackknife standard error (exactly, for
 the deterministic top-entropy), and the view says, from those numbers, which biases are
 significantly above 0 (z = b² / s.e. ≥ SIGNIFICANT_Z) and which are not.
+
+Where the bias comes from: the lower panel plots each method's expected weight per response
+position for the sampled batch, relative to full GRPO's (`minnat.diagnostics.expected_token_weights`,
+exact from π_t and the normaliser, averaged by relative position t/|o_i|). URS and RPC sit at 1
+everywhere — E[keep_t/π_t] = 1 is the whole point. rpc-unweighted falls along the response with π_t
+(its early tokens weigh more than 1, its late ones far less); top-entropy is 1 on the high-entropy
+tokens it keeps and 0 elsewhere.
 """
 from __future__ import annotations
 
@@ -37,7 +44,8 @@ import gradio as gr
 import torch
 from matplotlib.figure import Figure
 
-from minnat.diagnostics import gradient_agreement, policy_gradient
+from minnat.diagnostics import expected_token_weights, expected_weight_profile, gradient_agreement, policy_gradient
+from minnat.entropy import response_entropies
 from minnat.explorer.helpers import (chosen_methods, counted, method_choices, method_label, note_box, parse_budgets,
                                      seeded, show_error, whole_number)
 from minnat.explorer.library import LoadedModel, Shared
@@ -107,10 +115,15 @@ class DrawStatistics:
         return self.along / self.total if self.total > 0 else 0.0
 
 
-def agreement_figure(results, statistics) -> Figure:
-    """Relative error and 1 − cos of the K-draw average against K, each method's per-draw V, and its bias²."""
-    figure = Figure(figsize=(16, 4.6), layout="constrained")
-    axes = figure.subplots(1, 4, width_ratios=[1.2, 1.2, 0.75, 0.75], sharey=False)
+POSITION_BINS = 20
+
+
+def agreement_figure(results, statistics, profiles=None) -> Figure:
+    """Relative error and 1 − cos of the K-draw average against K, each method's per-draw V and its bias²;
+    below, each method's expected weight by position in the response (`profiles`: label -> (x, y))."""
+    figure = Figure(figsize=(16, 8.2), layout="constrained")
+    top, bottom = figure.subfigures(2, 1, height_ratios=[1.0, 0.72])
+    axes = top.subplots(1, 4, width_ratios=[1.2, 1.2, 0.75, 0.75], sharey=False)
     axes[3].sharey(axes[2])
     budgets = sorted({r.budget for r in results})
     styles = ["-", "--", "-.", ":"]
@@ -150,8 +163,46 @@ def agreement_figure(results, statistics) -> Figure:
     axes[2].grid(alpha=0.25, axis="x")
     axes[3].set_title("squared bias b² (± 2 s.e.)\nhatched: biased contrasts", fontsize=10)
     axes[3].grid(alpha=0.25, axis="x")
-    legend_below(figure, axes[:2], columns=min(len(results) + 3, 4))
+    legend_below(top, axes[:2], columns=min(len(results) + 3, 4))
+    position_axis = bottom.subplots()
+    position_weight_panel(position_axis, results, profiles or {})
+    legend_below(bottom, [position_axis], columns=min(len(results) + 1, 4))
     return figure
+
+
+def position_weight_panel(axis, results, profiles) -> None:
+    """E[weight] / full GRPO's weight against relative position t/|o_i|, one line per method and budget."""
+    budgets = sorted({r.budget for r in results})
+    styles = ["-", "--", "-.", ":"]
+    axis.axhline(1.0, color=method_color("full"), lw=2.2, alpha=0.5, label="full GRPO (1 at every position)")
+    for result in results:
+        if result.label not in profiles:
+            continue
+        x, y = profiles[result.label]
+        axis.plot(x, y, styles[budgets.index(result.budget) % len(styles)], marker="o", ms=3,
+                  color=method_color(result.method), lw=1.6, label=result.label)
+    axis.set_yscale("symlog", linthresh=0.1)
+    axis.set_xlim(0, 1)
+    axis.set_xlabel("position in the response, t / |o$_i$| (the batch's tokens averaged in "
+                    f"{POSITION_BINS} bins)")
+    axis.set_ylabel("expected weight / full's")
+    axis.set_title("expected weight of a token by its position (exact, from π$_t$ and the normaliser): "
+                   "NAT restores full's 1 everywhere", fontsize=10)
+    axis.grid(alpha=0.25, which="both")
+
+
+def position_profiles(model, batch, results) -> dict:
+    """label -> (bin centres, expected weight per bin) for each finished result on this batch."""
+    entropies = None
+    profiles = {}
+    for result in results:
+        if result.method == "top-entropy" and entropies is None:
+            entropies = response_entropies(model, batch.input_ids, batch.attention_mask, batch.response_mask)
+        weights = expected_token_weights(batch.response_mask, result.method, result.budget,
+                                         cut_distribution=result.cut_distribution or "uniform-floor",
+                                         entropies=entropies)
+        profiles[result.label] = expected_weight_profile(weights, batch.response_mask, POSITION_BINS)
+    return profiles
 
 
 def variance_bars(axis, results) -> None:
@@ -336,9 +387,11 @@ def bias_significant(result) -> bool:
     return math.isfinite(result.bias_z) and result.bias_z >= SIGNIFICANT_Z
 
 
-def result_numbers(results, statistics, prompts: int, size: int, mixed: int) -> dict:
+def result_numbers(results, statistics, prompts: int, size: int, mixed: int, profiles=None) -> dict:
     return {"batch": {"prompts": prompts, "group_size": size, "mixed_groups": mixed,
                       "full_gradient_norm": results[0].full_gradient_norm},
+            "expected_weight_by_position": {label: {"position": x, "weight": [finite(v) for v in y]}
+                                            for label, (x, y) in (profiles or {}).items()},
             "results": [{"method": r.method, "budget": r.budget, "label": r.label,
                          "cut_distribution": r.cut_distribution, "draws": r.draws,
                          "relative_error": r.relative_error, "cosine": r.cosine,
@@ -398,10 +451,12 @@ def run_agreement(shared: Shared, model, prompts, size, shown, budget_text, draw
             results.append(gradient_agreement(
                 loaded.model, *tensors, advantages, method, rho, draws, seed=seed, cut_distribution=distribution,
                 full_gradient=full_gradient, on_draw=statistics[-1].on_draw, should_stop=stop.is_set))
+        with loaded.lock:
+            profiles = position_profiles(loaded.model, batch, results)
         # The status keeps saying "Computing" until the last curve is in (a script can wait for that).
         still_running = index + 1 < len(runs) and not stop.is_set()
-        yield (agreement_figure(results, statistics), agreement_summary(results, statistics, note),
-               result_numbers(results, statistics, prompts, size, mixed),
+        yield (agreement_figure(results, statistics, profiles), agreement_summary(results, statistics, note),
+               result_numbers(results, statistics, prompts, size, mixed, profiles),
                computing(index + 1) if still_running else "", stop)
     if stop.is_set():
         yield *keep, note_box(f"Stopped: showing the {len(results)} finished or partial curve(s)."), stop

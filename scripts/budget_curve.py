@@ -1,0 +1,260 @@
+"""The token-budget curve: final accuracy against the fraction of tokens trained on, per estimator.
+
+    python scripts/budget_curve.py                         # writes experiments/budget_curve/
+    python scripts/budget_curve.py --smoke                 # a two-step rehearsal of every part (tests use it)
+
+On the long-addition default (the trainer's defaults: 30 steps × 128 responses, ~250-token answers),
+for each ρ ∈ {0.1, 0.25, 0.5, 0.75} and each of `urs`, `rpc` (NAT: unbiased) and `rpc-unweighted`
+(RPC's cut with weight 1 normalised over the kept tokens: biased), plus `full` once, 3 seeds each:
+
+1. Learning (resumable: a finished run is read back, a killed one continues from its checkpoint).
+   Per (method, ρ): the mean and range over seeds of the final held-out greedy accuracy, best − final
+   (worst seed), and the tokens given to the model / full-token GRPO's on the same batches (the
+   trainer counts both on every batch it updates on).
+2. Cost on the same batches (`compare_methods.paired_costs`): one trainer per (method, ρ) at
+   learning rate 0 updates the same rollout batches, arms interleaved in shuffled order, on one
+   thread: update time and activation memory held for backward, as ratios to full's (medians).
+3. The price and the alternative, on one fixed batch: each (method, ρ)'s per-draw gradient variance
+   V = E‖g_k − g_full‖²/‖g_full‖² and relative bias b = ‖E[g_k] − g_full‖/‖g_full‖, computed as the
+   explorer's Gradient-agreement view computes them (`minnat.diagnostics.gradient_agreement` on the
+   view's default batch: 4 training prompts × 8 responses of the embedded model, seed 0).
+
+The step count is the trainer's default for every method and ρ: at small ρ 30 steps may be too
+few to converge, and the curve says so rather than giving small budgets more steps.
+
+Writes OUT/results.json (with date, machine and command), OUT/README.md (the table the README
+quotes), OUT/budget_curve.png and OUT/runs/<arm>-seed<k>/ (metrics.jsonl, summary.json).
+Parts 2 and 3 are saved as they finish (OUT/paired_costs.json, OUT/gradient_stats.json) and not
+redone; delete a file to measure it again (part 2's times want an otherwise idle machine).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scripts.compare_methods import COLOURS, arm_label, paired_costs, run_one  # noqa: E402
+from scripts.experiment_record import record_header, write_record  # noqa: E402
+
+BUDGETS = (0.1, 0.25, 0.5, 0.75)
+METHODS = ("urs", "rpc", "rpc-unweighted")
+SMOKE_FLAGS = ["--steps", "2", "--batch-size", "16", "--num-eval", "8", "--eval-every", "1", "--max-new-tokens", "64"]
+
+
+def arms(methods, budgets) -> list[tuple[str, float]]:
+    """(method, ρ) pairs: full once (ρ = 1), then every method at every budget."""
+    return [("full", 1.0)] + [(method, budget) for method in methods for budget in budgets]
+
+
+# ----------------------------------------------------------------------------- part 3: V and b on one batch
+
+def gradient_statistics(arm_list, extra, draws: int, log=print) -> dict:
+    """Per arm, on the Gradient-agreement view's default batch: V, b, its standard error and the kept fraction."""
+    import torch
+
+    from minnat.diagnostics import gradient_agreement, policy_gradient
+    from minnat.explorer.agreement import sample_training_batch
+    from minnat.explorer.library import ModelLibrary
+    from minnat.grpo import group_advantages
+    from minnat.tasks import get_task
+    from minnat.train import parse_args
+
+    torch.set_num_threads(1)
+    config = parse_args(extra)  # the trainer's task and model (with any extra flags)
+    task = get_task(config.task, seed=config.task_seed)
+    loaded = ModelLibrary(task=config.task).get(config.model)  # as the explorer loads it (its response limit too)
+    model = loaded.model
+    prompts, group, seed = 4, 8, 0  # the view's defaults
+    batch = sample_training_batch(loaded, task, prompts, group, seed)
+    advantages = group_advantages(batch.rewards, group)
+    tensors = (batch.input_ids, batch.attention_mask, batch.response_mask)
+    full_gradient = policy_gradient(model, *tensors, advantages)
+    report = {"batch": {"prompts": prompts, "group_size": group, "seed": seed, "draws": draws,
+                        "mean_response_length": float(batch.response_mask.sum(dim=1).float().mean()),
+                        "mixed_groups": int((batch.rewards.view(-1, group).std(dim=1) > 0).sum())}}
+    for method, budget in arm_list:
+        if method == "full":
+            continue
+        result = gradient_agreement(model, *tensors, advantages, method, budget, draws, seed=seed,
+                                    full_gradient=full_gradient)
+        report[arm_label(method, budget)] = {
+            "per_draw_variance": result.per_draw_variance, "bias": result.bias,
+            "bias_standard_error": result.bias_standard_error, "bias_squared": result.bias_squared,
+            "bias_squared_standard_error": result.bias_squared_standard_error, "bias_z": result.bias_z,
+            "kept_fraction": result.kept_fraction}
+        log(f"  gradient statistics: {arm_label(method, budget)} V = {result.per_draw_variance:.3g}, "
+            f"b = {result.bias:.3g} ± {result.bias_standard_error:.2g}")
+    return report
+
+
+# ----------------------------------------------------------------------------- summary, table, plot
+
+def summarise_arm(runs: list[dict]) -> dict:
+    finals = [run["summary"]["accuracy_after"] for run in runs]
+    bests = [max(point[1] for point in run["curve"]) for run in runs]
+    return {
+        "seeds": [run["seed"] for run in runs], "final_accuracy": finals,
+        "mean": statistics.fmean(finals), "min": min(finals), "max": max(finals),
+        "best_minus_final_worst_seed": max(best - final for best, final in zip(bests, finals)),
+        "accuracy_before": statistics.fmean(run["summary"]["accuracy_before"] for run in runs),
+        "kept_fraction": statistics.fmean(run["summary"]["used_fraction"] for run in runs),
+        "tokens_to_model_fraction": statistics.fmean(
+            run["summary"]["tokens_to_model_in_updates"] / run["summary"]["full_tokens_to_model_in_updates"]
+            for run in runs),
+        "curves": {f"seed{run['seed']}": run["curve"] for run in runs},
+    }
+
+
+def percent(value) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
+def ratio(cost: dict | None, key: str) -> str:
+    return "—" if not cost else f"{cost[key]:.2f}"
+
+
+def markdown_table(report: dict) -> str:
+    lines = ["| method | ρ | final accuracy: mean [min, max] | mean − full (points) | best − final (worst seed) | "
+             "kept / generated | tokens to the model / full's | update time / full's | activation memory / full's | "
+             "per-draw V | bias b |", "|" + "---|" * 11]
+    full_mean = report["arms"]["full"]["mean"]
+    for label, row in report["arms"].items():
+        cost = report["paired_costs"].get(label)
+        gradient = report["gradient_statistics"].get(label)
+        if gradient is None:
+            v_text, b_text = "0", "0"
+        else:
+            v_text = f"{gradient['per_draw_variance']:.3g}"
+            significant = gradient["bias_z"] >= 3.0
+            b_text = (f"{gradient['bias']:.2f} (z = {gradient['bias_z']:.1f})" if significant
+                      else f"not significant (z = {gradient['bias_z']:.1f})")
+        lines.append(
+            f"| {row['method']} | {row['budget']:g} | {percent(row['mean'])} [{percent(row['min'])}, "
+            f"{percent(row['max'])}] | {(row['mean'] - full_mean) * 100:+.1f} | "
+            f"{row['best_minus_final_worst_seed'] * 100:.1f} points | {row['kept_fraction']:.2f} | "
+            f"{row['tokens_to_model_fraction']:.2f} | {ratio(cost, 'time_ratio_median')} | "
+            f"{ratio(cost, 'activation_ratio_median')} | {v_text} | {b_text} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7.5, 4.6))
+    full = report["arms"]["full"]
+    axis.axhspan(full["min"] * 100, full["max"] * 100, color=COLOURS["full"], alpha=0.18,
+                 label=f"full: seed range [{full['min']:.1%}, {full['max']:.1%}]")
+    axis.axhline(full["mean"] * 100, color=COLOURS["full"], linewidth=1, linestyle="--")
+    for method in report["methods"]:
+        rows = sorted((row for row in report["arms"].values() if row["method"] == method),
+                      key=lambda row: row["kept_fraction"])
+        x = [row["kept_fraction"] for row in rows]
+        mean = [row["mean"] * 100 for row in rows]
+        low = [(row["mean"] - row["min"]) * 100 for row in rows]
+        high = [(row["max"] - row["mean"]) * 100 for row in rows]
+        label = method + (" (biased)" if method == "rpc-unweighted" else "")
+        axis.errorbar(x, mean, yerr=[low, high], color=COLOURS.get(method), marker="o", capsize=3, label=label)
+    axis.axhline(full["accuracy_before"] * 100, color="#999999", linewidth=1, linestyle=":",
+                 label=f"before training ({full['accuracy_before']:.1%})")
+    axis.set_xlabel("fraction of response tokens in the loss (kept / generated, mean over seeds)")
+    axis.set_ylabel("final held-out greedy accuracy (%)")
+    axis.set_xlim(0, 1.02)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="lower right")
+    seeds = len(full["seeds"])
+    axis.set_title(f"{report['task']}: final accuracy vs token budget — mean over {seeds} seeds, bars = seed range",
+                   fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+# ----------------------------------------------------------------------------- main
+
+def cached(path: Path, compute):
+    """Read part 2 or 3 back from `path` if an earlier invocation measured it, else compute and save it."""
+    if path.exists():
+        return json.loads(path.read_text())
+    value = compute()
+    path.write_text(json.dumps(value, indent=2))
+    return value
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(ROOT / "experiments" / "budget_curve"))
+    parser.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=2, help="parallel training runs, one CPU thread each")
+    parser.add_argument("--paired-batches", type=int, default=3, help="rollout batches for the same-batch costs")
+    parser.add_argument("--gradient-draws", type=int, default=32, help="draws for V and b (the view's default)")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"rehearse every part in seconds: trainer flags {' '.join(SMOKE_FLAGS)}, one paired "
+                             "batch, 4 gradient draws")
+    parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --, more trainer flags for every run")
+    args = parser.parse_args(argv)
+    extra = (SMOKE_FLAGS if args.smoke else []) + [flag for flag in args.extra if flag != "--"]
+    if args.smoke:
+        args.paired_batches, args.gradient_draws = 1, 4
+    out = Path(args.out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    header = record_header("scripts/budget_curve.py", argv)
+    load_at_start = os.getloadavg()[0]
+    arm_list = arms(args.methods, args.budgets)
+    started = time.time()
+
+    jobs = [(method, seed, budget, str(out / "runs" / f"{arm_label(method, budget)}-seed{seed}"), extra)
+            for method, budget in arm_list for seed in args.seeds]
+    results = []
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        for result in pool.map(run_one, jobs):
+            summary = result["summary"]
+            print(f"{arm_label(result['method'], result['budget']):>20} seed {result['seed']}: accuracy "
+                  f"{summary['accuracy_before']:.1%} -> {summary['accuracy_after']:.1%}", flush=True)
+            results.append(result)
+    training_seconds = time.time() - started
+
+    paired = cached(out / "paired_costs.json", lambda: {
+        "load_average_at_start": os.getloadavg()[0], "threads": 1, "batches": args.paired_batches,
+        "arms": paired_costs(arm_list, args.paired_batches, args.seeds[0], extra)})
+    gradients = cached(out / "gradient_stats.json",
+                       lambda: gradient_statistics(arm_list, extra, args.gradient_draws))
+
+    from minnat.train import parse_args
+    report = {**header, "load_average_at_start": load_at_start, "threads_per_run": 1,
+              "task": parse_args(extra).task, "methods": args.methods, "budgets": args.budgets, "seeds": args.seeds,
+              "extra_flags": extra, "training_wall_seconds": round(training_seconds, 1),
+              "arms": {}, "paired_costs": paired["arms"], "paired_costs_conditions": {
+                  key: value for key, value in paired.items() if key != "arms"},
+              "gradient_statistics": {key: value for key, value in gradients.items() if key != "batch"},
+              "gradient_batch": gradients["batch"]}
+    for method, budget in arm_list:
+        runs = [r for r in results if r["method"] == method and r["budget"] == budget]
+        report["arms"][arm_label(method, budget)] = {"method": method, "budget": budget, **summarise_arm(runs)}
+    plot(report, out / "budget_curve.png")
+    table = markdown_table(report)
+    readme = (f"# The token-budget curve ({report['task']})\n\n{header['date']}, {header['machine']}, torch "
+              f"{header['torch']}, one thread per run; `{header['command']}`\n\n"
+              f"Same-batch costs: {paired['batches']} rollout batches, arms interleaved, one thread, load average "
+              f"{paired['load_average_at_start']:.2f} when they started. V and b: the Gradient-agreement view's "
+              f"default batch ({gradients['batch']['prompts']} prompts × {gradients['batch']['group_size']}, seed "
+              f"{gradients['batch']['seed']}, {gradients['batch']['draws']} draws, "
+              f"{gradients['batch']['mixed_groups']} group(s) with mixed rewards).\n\n{table}\n"
+              "![final accuracy vs token budget](budget_curve.png)\n")
+    write_record(out, report, readme)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
