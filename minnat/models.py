@@ -4,7 +4,8 @@ Everything minnat trains is a Hugging Face causal LM (`Qwen3ForCausalLM` for the
 default and the Qwen3 family). Three ways in:
 
 * "embedded" — a tiny character-level Qwen3 shipped in `minnat/assets/`, the one warm-started
-  on the run's task: `tiny-qwen3-long/` for "long-addition", `tiny-qwen3/` for "arithmetic"
+  on the run's task: `tiny-qwen3-long/` for "long-addition", `tiny-qwen3-late-credit/` for
+  "late-credit", `tiny-qwen3/` for "arithmetic"
   (and for any other task). Made by `scripts/make_tiny_model.py`. No network, runs on CPU.
 * a folder — a checkpoint written by the trainer (`save_pretrained`) or any local HF model.
 * a hub id such as "Qwen/Qwen3-0.6B" — loaded from the local Hugging Face cache or the hub.
@@ -97,7 +98,8 @@ def choose_cpu_threads(requested: int = 0) -> tuple[int, str]:
 
 def model_location(name_or_path: str, task: str | None = None) -> str:
     """The folder or hub id behind a model name. "embedded" is the shipped tiny Qwen3 made for
-    `task` ("long-addition" or "arithmetic"); without a task, or for another one, the arithmetic one."""
+    `task` ("long-addition", "late-credit" or "arithmetic"); without a task, or for another one, the
+    arithmetic one."""
     if name_or_path == EMBEDDED_MODEL:
         return str(EMBEDDED_MODEL_DIRS.get(task, TINY_QWEN3_DIR))
     return str(name_or_path)

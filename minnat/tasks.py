@@ -289,6 +289,102 @@ class LongAdditionTask(ArithmeticTask):
 
 
 # -----------------------------------------------------------------------------
+# "late-credit": long answers whose reward is decided only at their end, after long
+# scratch work that does not matter. Built to show what RPC's 1/π_t weights buy.
+
+LATE_CREDIT_MIN_DIGITS = 3      # digits of the longer operand: uniform in 3..5
+LATE_CREDIT_MAX_DIGITS = 5
+SCRATCH_TAGS = "ABCDEFGHIJKLMNOP"  # one scratch line each: 16 lines × 12 characters = 192 tokens
+SCRATCH_GROUPS, SCRATCH_GROUP_DIGITS = 2, 4
+
+
+def scratch_work(rng: random.Random) -> str:
+    """The teacher's free scratch work: 16 lines `A 8301 5527`, tagged A..P, of random digits.
+
+    It is long (192 tokens, three quarters of a typical answer), high-entropy (32 of every 48
+    characters are uniform digits: log 10 ≈ 2.3 nats each) and has no bearing on the answer.
+    Upper-case tags, so that nothing in it looks like the prompt's lower-case place tags."""
+    return "".join(f"{tag} " + " ".join("".join(rng.choice("0123456789") for _ in range(SCRATCH_GROUP_DIGITS))
+                                        for _ in range(SCRATCH_GROUPS)) + "\n"
+                   for tag in SCRATCH_TAGS)
+
+
+def column_addition(left: int, right: int, forget_carry=None) -> str:
+    """The compact worked sum, one line per column from the ones, `a: 1+5+0=6 c0`, then the answer:
+
+        column_addition(4721, 985)
+        -> "a: 1+5+0=6 c0\nb: 2+8+0=10 c1\nc: 7+9+1=17 c1\nd: 4+0+1=5 c0\nanswer 5706"
+
+    `forget_carry`, if given, is called for each column whose sum is 10 or more; when it returns
+    True the line writes `c0` instead of `c1` and the rest stays consistent with that slip."""
+    if left < 0 or right < 0:
+        raise ValueError(f"column_addition takes non-negative integers, got {left} and {right}.")
+    left_digits, right_digits = str(left)[::-1], str(right)[::-1]
+    lines, answer_digits, carry = [], [], 0
+    for column in range(max(len(left_digits), len(right_digits))):
+        a = int(left_digits[column]) if column < len(left_digits) else 0
+        b = int(right_digits[column]) if column < len(right_digits) else 0
+        total = a + b + carry
+        carry_out = 1 if total >= 10 else 0
+        if carry_out and forget_carry is not None and forget_carry():
+            carry_out = 0
+        lines.append(f"{PLACE_TAGS[column]}: {a}+{b}+{carry}={total} c{carry_out}\n")
+        answer_digits.append(str(total % 10))
+        carry = carry_out
+    if carry:
+        answer_digits.append("1")
+    return "".join(lines) + ANSWER_MARKER + "".join(reversed(answer_digits))
+
+
+def late_credit_solution(left: int, right: int, rng: random.Random, forget_carry=None) -> str:
+    """Scratch work (`scratch_work(rng)`, 192 tokens) then the sum (`column_addition`, 46–88 tokens)."""
+    return scratch_work(rng) + column_addition(left, right, forget_carry)
+
+
+class LateCreditTask(ArithmeticTask):
+    """Addition of a 3-to-5-digit number and a shorter one, answered after 16 lines of free scratch.
+
+    The prompt is place-tagged as in "long-addition" (`"d4c7b2a1+c9b8a5="`); the completion is
+    `late_credit_solution`: 192 tokens of random-digit scratch lines, then the compact column sum
+    and `answer N` (median ~260 response tokens with EOS). The reward checks the answer only, so
+    it is decided by the last ~25% of the response; the scratch — long, high-entropy — never
+    changes it. Why this shape (README, "What the weights buy"): under RPC a token at relative
+    position u is kept with probability π(u), which falls towards the end; training on the kept
+    prefix with weight 1 (`rpc-unweighted`) gives the late, decisive tokens an expected weight
+    ~π(u) while the early scratch tokens — pure noise for the reward — keep (more than) their
+    full weight, and Adam's shared step size is spent on that noise. The 1/π_t weights restore
+    every position's expected weight to full GRPO's. It is a planted, documented workload, in
+    the same spirit as long-addition's planted habit, not a claim about how real answers look.
+
+    `Example.solution` is a right answer whose scratch is seeded by the question (any scratch is
+    as right as any other). The held-out and training splits are drawn as in "arithmetic"."""
+
+    name = "late-credit"
+
+    def random_pair(self, rng: random.Random) -> tuple[int, int]:
+        """The longer operand's digit count is uniform in 3..5, the shorter's in 2..that, in random order."""
+        digits = rng.randint(LATE_CREDIT_MIN_DIGITS, LATE_CREDIT_MAX_DIGITS)
+        shorter = rng.randint(2, digits)
+        pair = [rng.randint(10 ** (digits - 1), 10**digits - 1), rng.randint(10 ** (shorter - 1), 10**shorter - 1)]
+        rng.shuffle(pair)
+        return pair[0], pair[1]
+
+    @staticmethod
+    def solution(left: int, right: int) -> str:
+        return late_credit_solution(left, right, random.Random(f"scratch-{left}+{right}"))
+
+    def prompt_text(self, example: Example) -> str:
+        left, right = (int(operand) for operand in example.question.split("+"))
+        return f"{place_tagged(left)}+{place_tagged(right)}="
+
+    @staticmethod
+    def slip_count(example: Example) -> int:
+        """Carries in the worked sum: where the embedded late-credit model's planted habit (a teacher
+        that forgot 60% of carries) can slip."""
+        return example.solution.count(" c1\n")
+
+
+# -----------------------------------------------------------------------------
 # "gsm8k": grade-school word problems, scored with math_verify
 
 GSM8K_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -486,14 +582,16 @@ def write_gsm8k_fixture(folder, num_train: int = 16, num_eval: int = 8, seed: in
 # -----------------------------------------------------------------------------
 # the entry point
 
-TASKS = {"arithmetic": ArithmeticTask, "long-addition": LongAdditionTask, "gsm8k": GSM8KTask}
+TASKS = {"arithmetic": ArithmeticTask, "long-addition": LongAdditionTask, "late-credit": LateCreditTask,
+         "gsm8k": GSM8KTask}
+GENERATED_TASKS = ("arithmetic", "long-addition", "late-credit")  # embedded: made here, no download
 
 
 def get_task(name: str, *, data_path: str | None = None, seed: int = 0,
              num_train: int | None = None, num_eval: int | None = None) -> Task:
     """Build a task by name. `data_path` only applies to gsm8k; `num_train` and
-    `num_eval` cap the split sizes (arithmetic and long-addition defaults: 20000 and 200)."""
-    if name in ("arithmetic", "long-addition"):
+    `num_eval` cap the split sizes (the generated tasks' defaults: 20000 and 200)."""
+    if name in GENERATED_TASKS:
         if data_path is not None:
             raise ValueError(f"The {name} task is generated, not loaded: drop --data-path, "
                              "or use --task gsm8k to read GSM8K-format JSONL.")

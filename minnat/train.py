@@ -64,8 +64,10 @@ class TrainConfig:
     # what to train
     model: str = option(EMBEDDED_MODEL, "'embedded' (the shipped tiny Qwen3 made for --task), a checkpoint "
                                         "folder, or a hub id such as Qwen/Qwen3-0.6B")
-    task: str = option("long-addition", "'long-addition' (embedded, offline, ~250-token answers), 'arithmetic' "
-                                        "(embedded, ~67-token answers) or 'gsm8k'")
+    task: str = option("long-addition", "'long-addition' (embedded, offline, ~250-token answers), 'late-credit' "
+                                        "(embedded: ~260-token answers whose reward is decided in their last "
+                                        "quarter, after random scratch work), 'arithmetic' (embedded, ~67-token "
+                                        "answers) or 'gsm8k'")
     data_path: str | None = option(None, "GSM8K-format JSONL file or folder (train.jsonl/test.jsonl); "
                                          "default: the hub dataset")
     # NAT

@@ -4,8 +4,9 @@ saved in Hugging Face format to minnat/assets/.
 
     python scripts/make_tiny_model.py                                   # "arithmetic" -> tiny-qwen3/
     python scripts/make_tiny_model.py --task long-addition --threads 1  # -> tiny-qwen3-long/
+    python scripts/make_tiny_model.py --task late-credit --threads 1    # -> tiny-qwen3-late-credit/
 
-Both come from the same recipe (below), with the settings of `RECIPES`; the second is the
+All come from the same recipe (below), with the settings of `RECIPES`; the second is the
 trainer's default. For "arithmetic" (2-6 digit sums, ~67-token answers) the numbers in this
 docstring are its own; "long-addition" is described at the end.
 
@@ -72,6 +73,17 @@ often enough that some of a group of 8 is right. Fixing it means raising `carry 
 those lines wherever they fall in the answer: credit on tokens throughout the response,
 which is where RPC's prefix cut has to be unbiased. Measured for the committed model:
 see its warm_start.json (and README.md, Results).
+
+The late-credit model ("late-credit", minnat/assets/tiny-qwen3-late-credit/). Each answer is
+16 lines of random-digit scratch work (`minnat.tasks.scratch_work`, 192 tokens, fresh random
+digits every time the teacher writes it) followed by a compact column sum of 3-5 digit numbers
+(`a: 4+1+0=5 c0`, then `answer N`); the teacher drops 60% of all carries, as in "arithmetic", so
+greedy decoding is right only on carry-free sums. Two changes to the recipe were needed, both
+measured: the scratch's random digits get loss weight 0.2 (`--scratch-loss-weight`; their
+cross-entropy cannot fall below log 10, and at full weight their noise held the lookup of the
+prompt's digits back: 0% held-out greedy accuracy and 0% pass@8 after 800 steps at weight 1, the
+first try), and 1600 steps instead of 800 (at weight 0.2 the loss fell sharply between steps 400
+and 600; at step 800 greedy decoding already wrote the teacher's likeliest sum 88% of the time).
 """
 
 from __future__ import annotations
@@ -90,8 +102,9 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from minnat.assets import TINY_QWEN3_DIR, TINY_QWEN3_LONG_DIR  # noqa: E402
-from minnat.tasks import Example, addition_solution, get_task, long_addition_solution  # noqa: E402
+from minnat.assets import TINY_QWEN3_DIR, TINY_QWEN3_LATE_CREDIT_DIR, TINY_QWEN3_LONG_DIR  # noqa: E402
+from minnat.tasks import (SCRATCH_TAGS, Example, addition_solution, column_addition, get_task, late_credit_solution,  # noqa: E402
+                          long_addition_solution)
 
 # -----------------------------------------------------------------------------
 # settings, one recipe per embedded task (the defaults reproduce the committed models)
@@ -113,6 +126,7 @@ class Recipe:
     pass_at_k_problems: int = 100
     pass_at_k: int = 8
     eval_batch_size: int = 200
+    scratch_loss_weight: float = 1.0  # late-credit: the loss weight of the scratch's random digits
     notes: dict = field(default_factory=dict)
 
 
@@ -131,6 +145,14 @@ RECIPES = {
         model_shape=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          head_dim=32, intermediate_size=384, max_position_embeddings=512),
         eval_batch_size=100),
+    # 16 lines of random-digit scratch, then a 3-5 digit column sum: ~260-token answers decided in their
+    # last quarter; the teacher drops 60% of all carries (as in "arithmetic").
+    "late-credit": Recipe(
+        out=TINY_QWEN3_LATE_CREDIT_DIR, forget_carry={total: 0.6 for total in range(10, 20)},
+        train_steps=1600, batch_size=32, learning_rate=3e-3, warmup_steps=40, max_new_tokens=420,
+        model_shape=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=32, intermediate_size=384, max_position_embeddings=512),
+        eval_batch_size=100, scratch_loss_weight=0.2),
 }
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
@@ -179,8 +201,10 @@ def sloppy_solution(task_name: str, example: Example, rng: random.Random, forget
     """The teacher's worked solution: right, except that a column whose sum (carry included) is
     `total` has its carry dropped with probability forget_carry.get(total, 0)."""
     left, right = (int(operand) for operand in example.question.split("+"))
-    if task_name == "arithmetic":
-        probability = forget_carry[10]  # the same for every sum; addition_solution does not pass it
+    if task_name in ("arithmetic", "late-credit"):
+        probability = forget_carry[10]  # the same for every sum; these solutions do not pass it
+        if task_name == "late-credit":  # fresh random scratch every time: it is free
+            return late_credit_solution(left, right, rng, forget_carry=lambda: rng.random() < probability)
         return addition_solution(left, right, forget_carry=lambda: rng.random() < probability)
     return long_addition_solution(left, right,
                                   forget_carry=lambda total: total in forget_carry and rng.random() < forget_carry[total])
@@ -188,16 +212,28 @@ def sloppy_solution(task_name: str, example: Example, rng: random.Random, forget
 
 def likeliest_sloppy_solution(task_name: str, example: Example, forget_carry: dict) -> str:
     """What a model that learned the teacher perfectly writes greedily: every carry the teacher
-    drops more often than not is dropped, every other carry kept."""
+    drops more often than not is dropped, every other carry kept. For late-credit, the sum after
+    the scratch (the scratch is random: no greedy scratch is the teacher's)."""
     left, right = (int(operand) for operand in example.question.split("+"))
+    if task_name == "late-credit":
+        return column_addition(left, right, forget_carry=lambda: forget_carry[10] > 0.5)
     if task_name == "arithmetic":
         return addition_solution(left, right, forget_carry=lambda: forget_carry[10] > 0.5)
     return long_addition_solution(left, right, forget_carry=lambda total: forget_carry.get(total, 0.0) > 0.5)
 
 
-def training_batch(task, examples, tokenizer, rng, forget_carry):
-    """Right-padded prompt+solution+<eos> sequences, with labels -100 on the
-    prompt and the padding so only completion tokens are learned."""
+def worked_part(task_name: str, completion: str) -> str:
+    """What the diagnosis compares: the whole completion, or for late-credit what follows the scratch lines."""
+    if task_name != "late-credit":
+        return completion
+    return "\n".join(completion.split("\n")[len(SCRATCH_TAGS):])
+
+
+def training_batch(task, examples, tokenizer, rng, forget_carry, scratch_loss_weight=1.0):
+    """Right-padded prompt+solution+<eos> sequences, with labels -100 on the prompt and the padding so
+    only completion tokens are learned, and each label's loss weight: 1, except `scratch_loss_weight`
+    on late-credit's random scratch digits (their cross-entropy cannot fall below log 10, and at
+    full weight their noise slows learning the sum that follows)."""
     prompts = [task.prompt_text(example) for example in examples]
     completions = [sloppy_solution(task.name, example, rng, forget_carry) for example in examples]
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
@@ -207,11 +243,30 @@ def training_batch(task, examples, tokenizer, rng, forget_carry):
     input_ids = torch.full((len(sequences), length), tokenizer.pad_token_id)
     labels = torch.full((len(sequences), length), -100)
     attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
-    for row, (sequence, prompt) in enumerate(zip(sequences, prompt_ids)):
+    loss_weights = torch.zeros((len(sequences), length))
+    for row, (sequence, prompt, completion) in enumerate(zip(sequences, prompt_ids, completions)):
         input_ids[row, :len(sequence)] = torch.tensor(sequence)
         labels[row, len(prompt):len(sequence)] = torch.tensor(sequence[len(prompt):])
         attention_mask[row, :len(sequence)] = 1
-    return input_ids, attention_mask, labels
+        loss_weights[row, len(prompt):len(sequence)] = 1.0
+        if task.name == "late-credit":  # character-level: completion character k is token len(prompt) + k
+            scratch = len(completion) - len(worked_part(task.name, completion))
+            for index, character in enumerate(completion[:scratch]):
+                if character.isdigit():
+                    loss_weights[row, len(prompt) + index] = scratch_loss_weight
+    return input_ids, attention_mask, labels, loss_weights
+
+
+def weighted_completion_loss(model, input_ids, attention_mask, labels, loss_weights):
+    """Σ weight·cross-entropy / Σ weight over the completion tokens (next-token prediction); with every
+    weight 1, transformers' own loss (so the committed models are reproduced exactly)."""
+    if bool((loss_weights[labels != -100] == 1).all()):
+        return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+    targets, weights = labels[:, 1:], loss_weights[:, 1:]
+    per_token = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                  ignore_index=-100, reduction="none").view_as(weights)
+    return (per_token * weights).sum() / weights.sum()
 
 
 def train(model, tokenizer, task, recipe: Recipe, *, steps, batch_size, learning_rate, forget_carry, seed,
@@ -234,8 +289,8 @@ def train(model, tokenizer, task, recipe: Recipe, *, steps, batch_size, learning
     start, running_loss = time.time(), 0.0
     for step in range(steps):
         examples = rng.sample(task.train_examples, batch_size)
-        input_ids, attention_mask, labels = training_batch(task, examples, tokenizer, rng, forget_carry)
-        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        batch = training_batch(task, examples, tokenizer, rng, forget_carry, recipe.scratch_loss_weight)
+        loss = weighted_completion_loss(model, *batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -251,7 +306,7 @@ def train(model, tokenizer, task, recipe: Recipe, *, steps, batch_size, learning
             examples = task.eval_examples[:50]
             greedy = generate_completions(model, tokenizer, task, examples, recipe, do_sample=False)
             right = sum(task.reward(c, e) for c, e in zip(greedy, examples)) / len(examples)
-            likeliest = sum(c == likeliest_sloppy_solution(task.name, e, forget_carry)
+            likeliest = sum(worked_part(task.name, c) == likeliest_sloppy_solution(task.name, e, forget_carry)
                             for c, e in zip(greedy, examples)) / len(examples)
             print(f"  check: greedy accuracy {right:.0%}, exactly the teacher's likeliest solution "
                   f"{likeliest:.0%} (50 held-out problems)", flush=True)
@@ -288,8 +343,9 @@ def evaluate(model, tokenizer, task, recipe: Recipe, *, forget_carry, seed, eval
     greedy = generate_completions(model, tokenizer, task, examples, recipe, do_sample=False)
     greedy_accuracy = sum(task.reward(c, e) for c, e in zip(greedy, examples)) / len(examples)
     likeliest = [likeliest_sloppy_solution(task.name, e, forget_carry) for e in examples]
-    exact_right = sum(c == e.solution for c, e in zip(greedy, examples)) / len(examples)
-    exact_likeliest = sum(c == f for c, f in zip(greedy, likeliest)) / len(examples)
+    worked = [worked_part(task.name, c) for c in greedy]
+    exact_right = sum(w == worked_part(task.name, e.solution) for w, e in zip(worked, examples)) / len(examples)
+    exact_likeliest = sum(w == f for w, f in zip(worked, likeliest)) / len(examples)
 
     torch.manual_seed(seed)
     k = recipe.pass_at_k
@@ -360,12 +416,16 @@ def main(argv=None):
     parser.add_argument("--eval-problems", type=int, default=None, help="held-out problems for the final report")
     parser.add_argument("--pass-at-k-problems", type=int, default=None,
                         help="held-out problems for pass@k (default: the recipe's)")
+    parser.add_argument("--scratch-loss-weight", type=float, default=None,
+                        help="late-credit: loss weight of the scratch's random digits (default: the recipe's)")
     parser.add_argument("--check-every", type=int, default=0, help="quick greedy check every N steps (0 = off)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     recipe = RECIPES[args.task]
     if args.pass_at_k_problems is not None:
         recipe = replace(recipe, pass_at_k_problems=args.pass_at_k_problems)
+    if args.scratch_loss_weight is not None:
+        recipe = replace(recipe, scratch_loss_weight=args.scratch_loss_weight)
     seed = recipe.seed if args.seed is None else args.seed
     steps = recipe.train_steps if args.steps is None else args.steps
     batch_size = recipe.batch_size if args.batch_size is None else args.batch_size
@@ -405,6 +465,7 @@ def main(argv=None):
         "train_steps": steps,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
+        "scratch_loss_weight": recipe.scratch_loss_weight,
         "model_shape": recipe.model_shape,
         "parameters": parameter_count,
         "eval_problems": len(task.eval_examples[:args.eval_problems or recipe.eval_problems]),

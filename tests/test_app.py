@@ -354,6 +354,14 @@ def test_gradient_agreement_contrasts_flatten_at_a_significant_bias_and_nat_has_
     assert "NAT's bias is not significantly different from 0 (URS ρ=0.5, RPC ρ=0.5" in table
     assert "rpc-unweighted ρ=0.5 (biased): the bias is significantly non-zero" in table
     assert "top-entropy ρ=0.5 (biased): deterministic given θ" in table and "exact" in table
+    # Where the bias comes from: each method's exact expected weight by position, relative to full's.
+    profiles = numbers["expected_weight_by_position"]
+    for label in ("URS ρ=0.5", "RPC ρ=0.5"):
+        assert all(weight == pytest.approx(1.0, abs=1e-6) for weight in profiles[label]["weight"])
+    unweighted_profile = [w for w in profiles["rpc-unweighted ρ=0.5 (biased)"]["weight"] if w is not None]
+    assert unweighted_profile[0] > 1.5 and unweighted_profile[-1] < 0.3  # early tokens over-, late under-counted
+    top_profile = [w for w in profiles["top-entropy ρ=0.5 (biased)"]["weight"] if w is not None]
+    assert all(0.0 <= w <= 1.0 for w in top_profile) and min(top_profile) < 1.0
 
 
 def gradient_result(method, bias_squared, standard_error, variance=0.2):
@@ -426,8 +434,9 @@ def test_gradient_agreement_bad_input_and_stop(client):
 # ----------------------------------------------------------------------------- live training
 
 
-def live(client, methods=("full", "urs", "rpc"), steps=2, budget=0.5, batch=8, group=4, num_eval=4, every=1):
-    return client.submit(list(methods), budget, steps, 3e-4, batch, group, num_eval, every, 0,
+def live(client, methods=("full", "urs", "rpc"), steps=2, budget=0.5, batch=8, group=4, num_eval=4, every=1,
+         task=TASK):
+    return client.submit(task, list(methods), budget, steps, 3e-4, batch, group, num_eval, every, 0,
                          api_name="/live_training")
 
 
@@ -454,6 +463,24 @@ def test_live_training_runs_all_three_methods_with_finite_metrics(client):
     assert "vs full" in table and "full" in table
     # The runs' folder went with the runs.
     assert numbers["folder"].startswith(tempfile.gettempdir()) and not os.path.exists(numbers["folder"])
+
+
+def test_live_training_runs_the_contrasts_on_the_late_credit_task(client):
+    """From the arithmetic page, the Live view trains on late-credit with its own embedded model, the
+    biased contrasts next to RPC; a task outside its list is refused with a sentence."""
+    outputs = live(client, methods=("rpc", "rpc-unweighted", "top-entropy"), steps=1, batch=4, group=2, num_eval=2,
+                   every=0, task="late-credit").result(timeout=300)
+    plot, table, numbers, status = outputs
+    assert "Done" in status, status
+    summary, records = numbers["summary"], numbers["records"]
+    assert set(summary) == {"rpc", "rpc-unweighted", "top-entropy"}
+    assert all(result["status"] == "finished" and result["steps"] == 1 for result in summary.values())
+    step = {method: records[method][-1] for method in summary}
+    assert all(record["response_length_mean"] > 150 for record in step.values())  # late-credit's long answers
+    assert "rpc-unweighted (biased)" in table and "top-entropy (biased)" in table
+    shared = SimpleNamespace(task_name="arithmetic", task=None)
+    with pytest.raises(ValueError, match="choose a task among long-addition, late-credit, arithmetic"):
+        live_view.live_task(shared, "gsm8k")
 
 
 def test_live_training_stops_when_asked_and_rejects_bad_settings(client):
@@ -485,7 +512,7 @@ def test_live_training_folders_go_when_the_app_exits_mid_run(tmp_path):
         "from minnat.tasks import get_task\n"
         "library = ModelLibrary(task='arithmetic')\n"
         "shared = Shared(library, library.get('embedded'), get_task('arithmetic'), 'arithmetic', None, None)\n"
-        "updates = run_live(shared, None, ['rpc'], 0.5, 100, 3e-4, 4, 2, 1, 0, 0, None, 'session')\n"
+        "updates = run_live(shared, None, 'arithmetic', ['rpc'], 0.5, 100, 3e-4, 4, 2, 1, 0, 0, None, 'session')\n"
         "for *_, run in updates:\n"
         "    if run is not None and run.records['rpc']:\n"
         "        print(run.folder, flush=True)\n"

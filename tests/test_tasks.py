@@ -1,12 +1,14 @@
 """Tests for minnat/tasks.py and the embedded tiny model in minnat/assets/."""
 
 import json
+import random
 import re
 import string
 import sys
 import threading
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -378,3 +380,71 @@ def test_slip_count_finds_where_the_planted_habit_can_slip():
     assert long_task.slip_count(example) == 3
     assert short_task.slip_count(Example(question="68+93", answer="161",
                                          solution=short_task.solution(68, 93))) == 2  # 8+3 and 6+9+1 carry
+
+
+# -----------------------------------------------------------------------------
+# late-credit: random scratch work, then a short column sum that alone decides the reward
+
+
+def test_late_credit_answers_are_long_and_decided_in_their_last_part():
+    from minnat.tasks import SCRATCH_TAGS, column_addition, late_credit_solution
+
+    task = get_task("late-credit")
+    assert column_addition(4721, 985) == "a: 1+5+0=6 c0\nb: 2+8+0=10 c1\nc: 7+9+1=17 c1\nd: 4+0+1=5 c0\nanswer 5706"
+    assert task.prompt_text(Example("4721+985", "5706")) == "d4c7b2a1+c9b8a5="
+    lengths, decided = [], []
+    for example in task.eval_examples:
+        lines = example.solution.split("\n")
+        scratch = lines[:len(SCRATCH_TAGS)]
+        assert [line[0] for line in scratch] == list(SCRATCH_TAGS)
+        assert all(len(line) == 11 and line[2:6].isdigit() and line[7:].isdigit() for line in scratch)
+        assert task.reward(example.solution, example) == 1.0
+        left, right = map(int, example.question.split("+"))
+        assert "\n".join(lines[len(SCRATCH_TAGS):]) == column_addition(left, right)
+        lengths.append(len(example.solution) + 1)  # character-level tokens, plus EOS
+        decided.append(1 - len(column_addition(left, right)) / len(example.solution))
+    lengths.sort()
+    assert lengths[len(lengths) // 2] >= 200            # median answer length, the issue's floor
+    assert min(decided) > 0.65                           # the sum starts after two thirds of every answer
+    # The scratch never changes the reward: any scratch, or none, with the right sum earns 1; a slip costs it.
+    example = next(e for e in task.eval_examples if task.slip_count(e) >= 2)
+    left, right = map(int, example.question.split("+"))
+    for seed in range(5):
+        assert task.reward(late_credit_solution(left, right, random.Random(seed)), example) == 1.0
+    assert task.reward(column_addition(left, right), example) == 1.0
+    slipped = late_credit_solution(left, right, random.Random(0), forget_carry=lambda: True)
+    assert task.reward(slipped, example) == 0.0
+    assert task.reward(example.solution[:-1], example) == 0.0 and task.reward("", example) == 0.0
+    assert task.reward("answer 0" + example.answer, example) == 0.0
+
+
+def test_late_credit_splits_and_data_path():
+    task, again = get_task("late-credit"), get_task("late-credit", num_train=10)
+    assert task.eval_examples == again.eval_examples and len(task.train_examples) == 20000
+    pairs = lambda examples: {e.question for e in examples}  # noqa: E731
+    assert not pairs(task.train_examples) & pairs(task.eval_examples)
+    with pytest.raises(ValueError, match="generated, not loaded"):
+        get_task("late-credit", data_path="x.jsonl")
+
+
+def test_late_credit_model_loads_writes_scratch_then_the_sum_and_has_room_to_improve():
+    """The committed late-credit model (`--model embedded --task late-credit`): loads, and greedily
+    writes 16 scratch lines then a well-formed sum with the teacher's habit (carries dropped)."""
+    from minnat.assets import TINY_QWEN3_LATE_CREDIT_DIR
+    from minnat.models import load_model, model_location
+    from minnat.rollout import generate
+    from minnat.tasks import SCRATCH_TAGS
+
+    assert model_location("embedded", "late-credit") == str(TINY_QWEN3_LATE_CREDIT_DIR)
+    report = json.loads((TINY_QWEN3_LATE_CREDIT_DIR / "warm_start.json").read_text())
+    assert report["task"] == "late-credit" and report["scratch_loss_weight"] < 1
+    assert report["greedy_accuracy"] <= 0.35 and report["pass_at_8_t1"] >= report["greedy_accuracy"] + 0.3
+    assert (TINY_QWEN3_LATE_CREDIT_DIR / "model.safetensors").stat().st_size < 20_000_000
+    torch.set_num_threads(1)
+    model, tokenizer = load_model("embedded", task="late-credit")
+    task = get_task("late-credit", num_train=0, num_eval=8)
+    batch = generate(model, tokenizer, task, task.eval_examples, max_new_tokens=420, greedy=True)
+    for completion in batch.completions:
+        lines = completion.split("\n")
+        assert [line[:1] for line in lines[:len(SCRATCH_TAGS)]] == list(SCRATCH_TAGS)
+        assert lines[-1].startswith("answer ") and lines[len(SCRATCH_TAGS)].startswith("a: ")

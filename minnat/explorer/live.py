@@ -1,7 +1,10 @@
 """View 4, Live training: full, URS and RPC trained side by side — same learning, fewer tokens?
 
 Each ticked method gets a short GRPO run with `minnat.train.Trainer`, from the same model, on the
-same questions, with the same seed. The runs live in background threads that take turns step by
+same questions, with the same seed. The biased contrasts (rpc-unweighted, top-entropy) can run
+next to them, and the task can be switched here: on "late-credit", whose reward is decided at the
+end of long answers, the view's defaults tick rpc-unweighted too, so that one run shows the
+truncated answer without 1/π_t weights falling behind full and RPC (README, "What the weights buy"). The runs live in background threads that take turns step by
 step (`RoundRobin`), so exactly one computes at a time and each gets a fair share of the machine;
 each keeps its own torch random stream across turns, so every run samples exactly what it would
 sample alone (all of them see the same responses at step 1).
@@ -35,13 +38,27 @@ from minnat.explorer.helpers import (chosen_methods, error_box, method_choices, 
                                      whole_number)
 from minnat.explorer.library import Shared
 from minnat.explorer.style import legend_below, method_color, whole_number_ticks
-from minnat.nat import check_budget
+from minnat.models import EMBEDDED_MODEL
+from minnat.nat import ALL_METHODS, check_budget
+from minnat.tasks import get_task
 from minnat.train import TrainConfig, Trainer
 
 MAX_LIVE_STEPS = 200
 # The view starts from the trainer's own defaults (`python -m minnat.train`): the settings whose
 # learning and savings the README reports (scripts/compare_methods.py runs exactly these).
 DEFAULTS = TrainConfig()
+LIVE_TASKS = ("long-addition", "late-credit")  # the embedded long-answer tasks (plus the page's own)
+# Ticked when the view opens or the task changes: late-credit is there to show what the weights buy.
+DEFAULT_METHODS = {"late-credit": ("full", "urs", "rpc", "rpc-unweighted")}
+NAT_METHODS = ("full", "urs", "rpc")
+
+
+def live_task_choices(page_task: str) -> list[str]:
+    return list(LIVE_TASKS) + ([page_task] if page_task not in LIVE_TASKS else [])
+
+
+def default_methods(task: str) -> list[str]:
+    return list(DEFAULT_METHODS.get(task, NAT_METHODS))
 
 
 class StopTraining(Exception):
@@ -323,9 +340,19 @@ def live_summary(run: LiveRun) -> tuple[str, dict]:
 
 # ----------------------------------------------------------------------------- the tab
 
-def check_live_settings(shared: Shared, shown, rho, steps, lr, batch_size, size, num_eval, eval_every, seed):
+def live_task(shared: Shared, task_name):
+    """The task the runs train on (the page's, or another embedded one) -> (name, Task)."""
+    task_name = task_name or shared.task_name
+    if task_name not in live_task_choices(shared.task_name):
+        raise ValueError(f"choose a task among {', '.join(live_task_choices(shared.task_name))}; got {task_name!r}.")
+    if task_name == shared.task_name:
+        return task_name, shared.task
+    return task_name, get_task(task_name, seed=0)
+
+
+def check_live_settings(shared: Shared, task, shown, rho, steps, lr, batch_size, size, num_eval, eval_every, seed):
     """The Start button's settings, checked: a dict of TrainConfig fields, or a ValueError sentence."""
-    methods = chosen_methods(shown, what="choose at least one method to train.")
+    methods = chosen_methods(shown, what="choose at least one method to train.", methods=ALL_METHODS)
     rho = check_budget(rho)
     steps = whole_number(steps, "steps", 1, MAX_LIVE_STEPS)
     size = whole_number(size, "the group size G", 2, 64)
@@ -333,7 +360,7 @@ def check_live_settings(shared: Shared, shown, rho, steps, lr, batch_size, size,
     if batch_size % size:
         raise ValueError(f"the batch size ({batch_size}) must be a multiple of the group size G "
                          f"({size}); try {max(1, batch_size // size) * size}.")
-    num_eval = whole_number(num_eval, "held-out questions", 1, len(shared.task.eval_examples))
+    num_eval = whole_number(num_eval, "held-out questions", 1, len(task.eval_examples))
     eval_every = whole_number(eval_every, "evaluate every", 0, MAX_LIVE_STEPS)
     seed = whole_number(seed, "the seed", 0, 2**31 - 1)
     try:
@@ -346,33 +373,45 @@ def check_live_settings(shared: Shared, shown, rho, steps, lr, batch_size, size,
                          eval_every=eval_every, num_eval=num_eval, eval_batch_size=max(num_eval, 1), seed=seed)
 
 
-def live_configs(shared: Shared, model_name: str, max_new_tokens: int, methods, settings: dict, folder: str) -> dict:
+def live_configs(shared: Shared, task_name: str, model_name: str, max_new_tokens: int, methods, settings: dict,
+                 folder: str) -> dict:
     """One TrainConfig per method, writing under `folder` (no intermediate checkpoints)."""
     configs = {}
+    data_path = shared.data_path if task_name == shared.task_name else None
     for method in methods:
         fields = dict(settings, budget=settings["budget"] if method != "full" else 1.0)
-        configs[method] = TrainConfig(model=model_name, task=shared.task_name, data_path=shared.data_path,
+        configs[method] = TrainConfig(model=model_name, task=task_name, data_path=data_path,
                                       method=method, max_new_tokens=max_new_tokens, log_samples=1,
                                       save_every=MAX_LIVE_STEPS + 1, device="cpu", out=os.path.join(folder, method),
                                       overwrite=True, **fields)
     return configs
 
 
-def run_live(shared: Shared, model, shown, rho, steps, lr, batch_size, size, num_eval, eval_every, seed, previous,
-             session: str):
+def run_model(shared: Shared, model, task_name: str) -> tuple[str, int]:
+    """(model name, response limit) for the runs. On another task than the page's, "embedded" means that
+    task's embedded model and the limit is the trainer's; any other model is loaded first, as a check."""
+    if task_name != shared.task_name and (model or shared.default_model.name) == EMBEDDED_MODEL:
+        return EMBEDDED_MODEL, DEFAULTS.max_new_tokens
+    loaded = shared.session_model(model)  # checks the model loads before the threads try
+    return loaded.name, loaded.max_new_tokens if task_name == shared.task_name else DEFAULTS.max_new_tokens
+
+
+def run_live(shared: Shared, model, task_name, shown, rho, steps, lr, batch_size, size, num_eval, eval_every, seed,
+             previous, session: str):
     """Start button (a generator): yields (plot, table, numbers, status, run) after every step of any method."""
     if previous is not None:
         previous.stop()  # its folder goes when its threads end
     keep = (gr.update(), gr.update(), gr.update())
     try:
-        methods, settings = check_live_settings(shared, shown, rho, steps, lr, batch_size, size, num_eval,
+        task_name, task = live_task(shared, task_name)
+        methods, settings = check_live_settings(shared, task, shown, rho, steps, lr, batch_size, size, num_eval,
                                                 eval_every, seed)
-        loaded = shared.session_model(model)  # checks the model loads before the threads try
+        model_name, max_new_tokens = run_model(shared, model, task_name)
     except ValueError as error:
         yield *keep, show_error(error), None
         return
     folder = tempfile.mkdtemp(prefix="minnat-app-live-")
-    run = LiveRun(live_configs(shared, loaded.name, loaded.max_new_tokens, methods, settings, folder), folder)
+    run = LiveRun(live_configs(shared, task_name, model_name, max_new_tokens, methods, settings, folder), folder)
     LIVE_RUNS.add(session, run.start())
     yield *keep, note_box("Starting: each method loads its own copy of the model…"), run
     try:
@@ -398,11 +437,16 @@ def run_live(shared: Shared, model, shown, rho, steps, lr, batch_size, size, num
 def build_live_tab(shared: Shared, demo: gr.Blocks) -> None:
     """The Live-training tab's controls and events (call inside `with gr.Tab(...)`); closing the tab stops its runs."""
     gr.Markdown("Train full, URS and RPC side by side from the same model on the same questions. The "
-                "three runs take turns step by step, so they share the machine fairly. Same learning, "
-                "fewer tokens? (Greedy held-out accuracy is measured every few steps.)")
+                "runs take turns step by step, so they share the machine fairly. Same learning, "
+                "fewer tokens? (Greedy held-out accuracy is measured every few steps.) The *(biased)* "
+                "contrasts can run next to them: on the **late-credit** task, whose reward is decided at the "
+                "end of long answers, training on RPC's truncated answer without the 1/π<sub>t</sub> weights "
+                "(rpc-unweighted) falls behind.")
     live_state = gr.State(None, delete_callback=lambda run: run.stop() if run is not None else None)
     with gr.Row():
-        methods = gr.CheckboxGroup(method_choices(), value=[value for _, value in method_choices()],
+        task = gr.Dropdown(live_task_choices(shared.task_name), value=shared.task_name, label="task",
+                           info="'embedded' trains the tiny model made for it")
+        methods = gr.CheckboxGroup(method_choices(include_biased=True), value=default_methods(shared.task_name),
                                    label="methods", info="each trains its own copy of the model")
         budget = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="budget ρ", info="for URS and RPC")
         steps = gr.Number(DEFAULTS.steps, precision=0, label="steps", info="GRPO steps per method")
@@ -425,9 +469,9 @@ def build_live_tab(shared: Shared, demo: gr.Blocks) -> None:
     with gr.Accordion("step records as numbers", open=False):
         numbers = gr.JSON()
 
-    def start_clicked(model, shown, rho, num_steps, rate, batch_size, size, questions, every, seed_value, previous,
-                      request: gr.Request):
-        yield from run_live(shared, model, shown, rho, num_steps, rate, batch_size, size, questions, every,
+    def start_clicked(model, task_name, shown, rho, num_steps, rate, batch_size, size, questions, every, seed_value,
+                      previous, request: gr.Request):
+        yield from run_live(shared, model, task_name, shown, rho, num_steps, rate, batch_size, size, questions, every,
                             seed_value, previous, request.session_hash if request else "")
 
     def tab_closed(request: gr.Request):
@@ -440,8 +484,9 @@ def build_live_tab(shared: Shared, demo: gr.Blocks) -> None:
         run.stop()
         return note_box("Stopping: each method finishes the step it is on…")
 
-    button.click(start_clicked, [shared.model_state, methods, budget, steps, lr, batch, group, num_eval, eval_every,
-                                 seed, live_state],
+    task.change(lambda name: gr.update(value=default_methods(name)), [task], [methods])
+    button.click(start_clicked, [shared.model_state, task, methods, budget, steps, lr, batch, group, num_eval,
+                                 eval_every, seed, live_state],
                  [plot, table, numbers, status, live_state], api_name="live_training", concurrency_limit=4)
     stop_button.click(stop_clicked, [live_state], [status], api_name="stop_live_training")
     demo.unload(tab_closed)
