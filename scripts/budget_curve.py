@@ -95,6 +95,71 @@ def gradient_statistics(arm_list, extra, draws: int, log=print) -> dict:
     return report
 
 
+# ----------------------------------------------------------------------------- reusing an earlier comparison
+
+def without_eval_cadence(flags: list[str]) -> list[str]:
+    """Trainer flags minus `--eval-every K`: how often one evaluates does not change what is trained."""
+    kept, skip = [], False
+    for flag in flags:
+        if skip:
+            skip = False
+        elif flag == "--eval-every":
+            skip = True
+        elif not flag.startswith("--eval-every="):
+            kept.append(flag)
+    return kept
+
+
+def reusable_runs(path: Path, arm_list, seeds, extra) -> dict:
+    """Runs of an earlier `compare_methods.py` with the same trainer flags, as `run_one` returns them.
+
+    Keyed by (method, ρ, seed), for full and every method of `arm_list` at the comparison's ρ. Its
+    per-seed curves and finals are exact; its token fractions are per-method means (all we use)."""
+    earlier = json.loads(path.read_text())
+    if without_eval_cadence(earlier["extra_flags"]) != without_eval_cadence(extra):
+        raise SystemExit(f"--reuse {path}: that comparison ran with trainer flags {earlier['extra_flags']}, these "
+                         f"runs use {extra}; run without --reuse, or with the same flags.")
+    runs = {}
+    for method, budget in arm_list:
+        if (method != "full" and budget != earlier["budget"]) or method not in earlier["methods"]:
+            continue
+        row = earlier["methods"][method]
+        for index, seed in enumerate(earlier["seeds"]):
+            if seed not in seeds:
+                continue
+            summary = {"accuracy_before": row["accuracy_before"], "accuracy_after": row["final_accuracy"][index],
+                       "used_fraction": row["used_fraction"],
+                       "tokens_to_model_in_updates": row["tokens_to_model_fraction"],
+                       "full_tokens_to_model_in_updates": 1.0}
+            curve = [tuple(point) for point in earlier["curves"][f"{method}-seed{seed}"]]
+            runs[(method, budget, seed)] = {"method": method, "budget": budget, "seed": seed, "summary": summary,
+                                            "curve": curve, "reused_from": str(path), "reused_date": earlier["date"]}
+    return runs
+
+
+def check_reproduced(rerun: dict, earlier: dict) -> dict:
+    """The re-run of one reused (method, ρ, seed) must give the same accuracy wherever both evaluated."""
+    before = {step: accuracy for step, accuracy, *_ in earlier["curve"]}
+    common = [(step, accuracy, before[step]) for step, accuracy, *_ in rerun["curve"] if step in before]
+    differing = [(step, now, then) for step, now, then in common if abs(now - then) > 1e-9]
+    if not common or differing:
+        raise SystemExit(f"--reuse: re-running {arm_label(rerun['method'], rerun['budget'])} seed {rerun['seed']} "
+                         f"did not reproduce the earlier run (step, now, then: {differing or 'no common step'}); "
+                         "the code under it has changed: run without --reuse.")
+    return {"arm": arm_label(rerun["method"], rerun["budget"]), "seed": rerun["seed"],
+            "steps_compared": [step for step, *_ in common], "identical": True}
+
+
+def reuse_note(report: dict) -> str:
+    reused = report.get("reused")
+    if not reused:
+        return ""
+    check = reused["reproduction_check"]
+    return (f"Reused, not re-trained: {', '.join(reused['runs'])} from `{reused['from']}` ({reused['date']}, same "
+            f"trainer flags but the evaluation cadence). Re-training {check['arm']} seed {check['seed']} here gave "
+            f"identical held-out accuracy at steps {check['steps_compared']}.\n\n")
+
+
 # ----------------------------------------------------------------------------- summary, table, plot
 
 def summarise_arm(runs: list[dict]) -> dict:
@@ -199,6 +264,10 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="parallel training runs, one CPU thread each")
     parser.add_argument("--paired-batches", type=int, default=3, help="rollout batches for the same-batch costs")
     parser.add_argument("--gradient-draws", type=int, default=32, help="draws for V and b (the view's default)")
+    parser.add_argument("--reuse", metavar="RESULTS_JSON",
+                        help="take full's arm and the arms at its ρ from an earlier scripts/compare_methods.py "
+                             "results.json with the same trainer flags instead of training them again; the first "
+                             "seed of one reused arm is trained again, and the script stops unless it reproduces")
     parser.add_argument("--smoke", action="store_true",
                         help=f"rehearse every part in seconds: trainer flags {' '.join(SMOKE_FLAGS)}, one paired "
                              "batch, 4 gradient draws")
@@ -214,14 +283,22 @@ def main(argv=None) -> int:
     arm_list = arms(args.methods, args.budgets)
     started = time.time()
 
+    reused = reusable_runs(Path(args.reuse), arm_list, args.seeds, extra) if args.reuse else {}
+    check_key = next((key for key in reused if key[0] != "full"), None)  # re-trained to check reproduction
+    to_train = [(method, seed, budget) for method, budget in arm_list for seed in args.seeds
+                if (method, budget, seed) not in reused or (method, budget, seed) == check_key]
+    to_train.sort(key=lambda job: (job[0], job[2], job[1]) != check_key)  # the check first: a mismatch stops early
     jobs = [(method, seed, budget, str(out / "runs" / f"{arm_label(method, budget)}-seed{seed}"), extra)
-            for method, budget in arm_list for seed in args.seeds]
-    results = []
+            for method, seed, budget in to_train]
+    results, reproduction = [run for key, run in reused.items() if key != check_key], None
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         for result in pool.map(run_one, jobs):
             summary = result["summary"]
             print(f"{arm_label(result['method'], result['budget']):>20} seed {result['seed']}: accuracy "
                   f"{summary['accuracy_before']:.1%} -> {summary['accuracy_after']:.1%}", flush=True)
+            if (result["method"], result["budget"], result["seed"]) == check_key:
+                reproduction = check_reproduced(result, reused[check_key])
+                print(f"  reproduces the reused run at steps {reproduction['steps_compared']}", flush=True)
             results.append(result)
     training_seconds = time.time() - started
 
@@ -235,6 +312,11 @@ def main(argv=None) -> int:
     report = {**header, "load_average_at_start": load_at_start, "threads_per_run": 1,
               "task": parse_args(extra).task, "methods": args.methods, "budgets": args.budgets, "seeds": args.seeds,
               "extra_flags": extra, "training_wall_seconds": round(training_seconds, 1),
+              "reused": None if not reused else {
+                  "from": args.reuse, "date": next(iter(reused.values()))["reused_date"],
+                  "runs": sorted(f"{arm_label(method, budget)}-seed{seed}" for method, budget, seed in reused
+                                 if (method, budget, seed) != check_key),
+                  "reproduction_check": reproduction},
               "arms": {}, "paired_costs": paired["arms"], "paired_costs_conditions": {
                   key: value for key, value in paired.items() if key != "arms"},
               "gradient_statistics": {key: value for key, value in gradients.items() if key != "batch"},
@@ -250,7 +332,7 @@ def main(argv=None) -> int:
               f"{paired['load_average_at_start']:.2f} when they started. V and b: the Gradient-agreement view's "
               f"default batch ({gradients['batch']['prompts']} prompts × {gradients['batch']['group_size']}, seed "
               f"{gradients['batch']['seed']}, {gradients['batch']['draws']} draws, "
-              f"{gradients['batch']['mixed_groups']} group(s) with mixed rewards).\n\n{table}\n"
+              f"{gradients['batch']['mixed_groups']} group(s) with mixed rewards).\n\n{reuse_note(report)}{table}\n"
               "![final accuracy vs token budget](budget_curve.png)\n")
     write_record(out, report, readme)
     return 0

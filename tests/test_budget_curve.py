@@ -52,3 +52,29 @@ def test_a_second_invocation_redoes_nothing(smoke, monkeypatch):
     budget_curve.main(["--smoke", "--out", str(smoke), "--budgets", "0.25", "--methods", "rpc", "rpc-unweighted",
                        "--seeds", "0", "--workers", "1"])
     assert {path: path.stat().st_mtime_ns for path in (smoke / "runs").glob("*/summary.json")} == before
+
+
+def test_reuse_takes_an_earlier_comparisons_runs_and_checks_one_reproduces(tmp_path):
+    """--reuse: full's and the comparison's-ρ arms come from its results.json (same flags but the
+    evaluation cadence); a re-run that disagrees anywhere both evaluated stops the script."""
+    curve = [[0, 0.37, 0.0], [5, 0.5, 1.0], [10, 0.8, 2.0]]
+    earlier = {"date": "2026-12-01", "budget": 0.5, "seeds": [0, 1], "extra_flags": ["--eval-every", "5"],
+               "methods": {method: {"final_accuracy": [0.8, 0.9], "accuracy_before": 0.37, "used_fraction": 0.5,
+                                    "tokens_to_model_fraction": 0.58} for method in ("full", "rpc")},
+               "curves": {f"{method}-seed{seed}": curve for method in ("full", "rpc") for seed in (0, 1)}}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(earlier))
+    arm_list = budget_curve.arms(["rpc", "urs"], [0.25, 0.5])
+    runs = budget_curve.reusable_runs(path, arm_list, [0, 1, 2], [])
+    assert set(runs) == {("full", 1.0, 0), ("full", 1.0, 1), ("rpc", 0.5, 0), ("rpc", 0.5, 1)}
+    assert runs[("rpc", 0.5, 1)]["summary"]["accuracy_after"] == 0.9
+    summary = budget_curve.summarise_arm([runs[("rpc", 0.5, 0)], runs[("rpc", 0.5, 1)]])
+    assert summary["mean"] == pytest.approx(0.85) and summary["tokens_to_model_fraction"] == pytest.approx(0.58)
+    with pytest.raises(SystemExit, match="trainer flags"):
+        budget_curve.reusable_runs(path, arm_list, [0], ["--steps", "5"])
+
+    rerun = {"method": "rpc", "budget": 0.5, "seed": 0, "curve": [(0, 0.37, 0.0), (10, 0.8, 1.5)]}
+    check = budget_curve.check_reproduced(rerun, runs[("rpc", 0.5, 0)])
+    assert check["identical"] and check["steps_compared"] == [0, 10]
+    with pytest.raises(SystemExit, match="did not reproduce"):
+        budget_curve.check_reproduced({**rerun, "curve": [(0, 0.37, 0.0), (10, 0.79, 1.5)]}, runs[("rpc", 0.5, 0)])
