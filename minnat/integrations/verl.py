@@ -93,6 +93,7 @@ try:
     from verl.trainer.distillation import is_distillation_enabled
     from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn, kl_penalty
     from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+    from verl.trainer.ppo.utils import need_critic
     from verl.utils import tensordict_utils as tu
     from verl.utils.metric import AggregationType, Metric
     from verl.workers.config import ActorConfig
@@ -201,7 +202,7 @@ def unsupported_settings(config) -> list[str]:
             problems.append("algorithm.use_kl_in_reward=true is refused with nat.method=rpc: the reward's KL "
                             "penalty reads log-probs at every token, and RPC computes them up to the cut only. "
                             "Use the KL loss instead (actor.use_kl_loss=true), which NAT weights by 1/π_t.")
-    if select("algorithm.adv_estimator") in ("gae", "vtrace") or select("critic.enable"):
+    if need_critic(config):
         problems.append("a critic (adv_estimator=gae or critic.enable) is refused: its value loss would train "
                         "on every token. Use a critic-free estimator such as adv_estimator=grpo.")
     if is_distillation_enabled(config.get("distillation", None)):
@@ -317,15 +318,20 @@ def add_selection(batch: DataProto, nat: NATConfig, generator: torch.Generator) 
         raise ValueError("multimodal inputs are refused by NATRayPPOTrainer: their image tokens sit inside the "
                          "prompt with their own position ids, which NAT's row truncation does not cover. Use a "
                          "text-only model and dataset.")
+    selection = draw_selection(batch.batch["response_mask"], nat, generator)
+    store_selection(batch, selection)
+    return selection
+
+
+def store_selection(batch: DataProto, selection: Selection) -> None:
+    """Put a selection into the batch's tensors, where verl's shuffles and splits carry it row by row."""
     response_mask = batch.batch["response_mask"]
-    selection = draw_selection(response_mask, nat, generator)
     device = response_mask.device
     batch.batch[KEEP] = selection.keep.to(device)
     batch.batch[WEIGHTS] = selection.weights.to(device=device, dtype=torch.float32)
-    if nat.method == "rpc":
+    if selection.method == "rpc":
         batch.batch[ATTENTION] = truncated_attention_mask(batch.batch["attention_mask"], response_mask,
                                                           selection.cut_lengths)
-    return selection
 
 
 def engine_view(batch: DataProto) -> DataProto:
@@ -421,3 +427,67 @@ def actor_config_from(actor) -> ActorConfig:
     from verl.utils.config import omega_conf_to_dataclass
 
     return omega_conf_to_dataclass(actor)
+
+
+# ----------------------------------------------------------------------------- the launcher
+
+
+def nat_task_runner():
+    """verl's v0 `TaskRunner` (a Ray actor) that builds a `NATRayPPOTrainer` instead of a `RayPPOTrainer`."""
+    import ray
+    from verl.trainer import main_ppo_v0
+
+    class NATTaskRunner(main_ppo_v0.TaskRunner.__ray_actor_class__):
+        def run(self, config):
+            # verl's TaskRunner.run builds the trainer by its module-level name `RayPPOTrainer`. This runs in
+            # the task runner's own Ray process, so pointing that name at NATRayPPOTrainer there reuses
+            # verl's whole set-up (workers, datasets, reward) unchanged.
+            main_ppo_v0.RayPPOTrainer = NATRayPPOTrainer
+            return super().run(config)
+
+    return ray.remote(num_cpus=1)(NATTaskRunner)
+
+
+def prepare_config(config) -> None:
+    """Check the NAT settings on the driver (before Ray starts) and make every Ray worker apply
+    `patch_verl_for_trl1` as it starts (its model is built before any NAT code reaches it)."""
+    NATConfig.from_config(config)
+    problems = unsupported_settings(config)
+    if problems:
+        raise ValueError("minnat.integrations.verl cannot run these settings: " + " ".join(problems))
+    with open_dict(config):
+        runtime_env = config.ray_kwargs.ray_init.setdefault("runtime_env", {})
+        runtime_env["worker_process_setup_hook"] = "minnat.integrations.verl.patch_verl_for_trl1"
+
+
+def main(argv=None) -> int:
+    """`python -m minnat.integrations.verl [hydra overrides]`: verl's main_ppo with NAT."""
+    import hydra
+
+    @hydra.main(config_path="config", config_name="nat_ppo_trainer", version_base=None)
+    def run(config):
+        from verl.trainer.main_ppo import run_ppo
+        from verl.trainer.ppo.utils import need_reference_policy
+        from verl.utils.config import validate_config
+        from verl.utils.device import auto_set_device
+
+        auto_set_device(config)
+        prepare_config(config)
+        validate_config(config=config, use_reference_policy=need_reference_policy(config),
+                        use_critic=need_critic(config))
+        run_ppo(config, task_runner_class=nat_task_runner())
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    try:
+        run()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    from minnat.integrations.verl import main as package_main  # one copy of every class, not a __main__ twin
+
+    sys.exit(package_main())
