@@ -56,6 +56,7 @@ import functools
 import sys
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -120,6 +121,7 @@ WHY_NOT = {
     "bypass_mode": "bypass mode takes old log-probs from the rollout engine over every token",
 }
 KEEP, WEIGHTS, ATTENTION = "nat_keep", "nat_weights", "nat_attention_mask"
+CONFIG_DIR = str(Path(__file__).resolve().parent / "config")  # nat_ppo_trainer.yaml, absolute for hydra
 
 
 @dataclass
@@ -464,7 +466,7 @@ def main(argv=None) -> int:
     """`python -m minnat.integrations.verl [hydra overrides]`: verl's main_ppo with NAT."""
     import hydra
 
-    @hydra.main(config_path="config", config_name="nat_ppo_trainer", version_base=None)
+    @hydra.main(config_path=CONFIG_DIR, config_name="nat_ppo_trainer", version_base=None)
     def run(config):
         from verl.trainer.main_ppo import run_ppo
         from verl.trainer.ppo.utils import need_reference_policy
@@ -472,18 +474,18 @@ def main(argv=None) -> int:
         from verl.utils.device import auto_set_device
 
         auto_set_device(config)
-        prepare_config(config)
+        try:
+            prepare_config(config)
+        except ValueError as error:  # a sentence, not a traceback, and nothing started
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
         validate_config(config=config, use_reference_policy=need_reference_policy(config),
                         use_critic=need_critic(config))
         run_ppo(config, task_runner_class=nat_task_runner())
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    try:
-        run()
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    run()
     return 0
 
 
