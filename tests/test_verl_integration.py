@@ -305,3 +305,18 @@ def test_launcher_refuses_before_starting_anything():
                              "actor_rollout_ref.actor.policy_loss.loss_mode=gspo"], env=environment,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "gspo" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_verl_mode_measures_tokens_and_time_on_one_batch(tmp_path):
+    from minnat.bench import build_parser
+    from minnat.bench_verl import run_verl_benchmark
+
+    options = build_parser().parse_args(["--mode", "verl", "--batch-size", "2", "--prompt-length", "4",
+                                         "--response-lengths", "16", "--repeats", "1", "--budgets", "0.5",
+                                         "--out", str(tmp_path)])
+    options.command = "test"
+    [row] = run_verl_benchmark(options, log=lambda line: None)
+    assert row["tokens_to_model"]["rpc"] < row["tokens_to_model"]["stock"]
+    assert 0.0 < row["kept_fraction"] < 1.0 and len(row["time_seconds_per_repeat"]["rpc"]) == 1
+    assert not row["time_ratio_spread"]["reliable"]  # one repeat is never called a finding
+    assert (tmp_path / "verl.json").exists() and "UNRELIABLE" in (tmp_path / "verl.md").read_text()
