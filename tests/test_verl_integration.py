@@ -320,3 +320,15 @@ def test_bench_verl_mode_measures_tokens_and_time_on_one_batch(tmp_path):
     assert 0.0 < row["kept_fraction"] < 1.0 and len(row["time_seconds_per_repeat"]["rpc"]) == 1
     assert not row["time_ratio_spread"]["reliable"]  # one repeat is never called a finding
     assert (tmp_path / "verl.json").exists() and "UNRELIABLE" in (tmp_path / "verl.md").read_text()
+
+
+def test_the_gpu_example_composes_against_verls_config_and_is_not_refused():
+    import shlex
+
+    text = (REPO / "examples" / "verl" / "grpo_qwen3_nat.sh").read_text()
+    body = text[text.index("python -m minnat.integrations.verl"):text.index('"$@"')]
+    overrides = [argument.replace("$DATA", "/data").replace("$MODEL", "Qwen/Qwen3-8B")
+                 for argument in shlex.split(body.replace("\\\n", " ")) if "=" in argument]
+    config = nat_trainer_config(*overrides)  # hydra refuses any key verl 0.9.1 does not have
+    assert len(overrides) > 40 and config.nat.method == "rpc" and config.actor_rollout_ref.rollout.name == "vllm"
+    assert nat_verl.unsupported_settings(config) == []
