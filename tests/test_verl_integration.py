@@ -281,18 +281,32 @@ REFUSED = {
 }
 
 
+def with_overrides(base, *overrides):
+    """The composed config with `key=value` overrides applied (one hydra compose serves every case)."""
+    import yaml
+    from omegaconf import OmegaConf, open_dict
+
+    config = copy.deepcopy(base)
+    with open_dict(config):
+        for override in overrides:
+            key, value = override.split("=", 1)
+            OmegaConf.update(config, key, yaml.safe_load(value), force_add=True)
+    return config
+
+
 def test_settings_nat_cannot_keep_unbiased_are_refused_with_a_sentence():
-    assert nat_verl.unsupported_settings(nat_trainer_config()) == []  # the launcher's defaults run
+    base = nat_trainer_config()
+    assert nat_verl.unsupported_settings(base) == []  # the launcher's defaults run
     for override, word in REFUSED.items():
-        problems = nat_verl.unsupported_settings(nat_trainer_config(override))
+        problems = nat_verl.unsupported_settings(with_overrides(base, override))
         assert len(problems) == 1 and word in problems[0], (override, problems)
         assert any(advice in problems[0] for advice in ("Use ", "Set ", "Disable ")), problems[0]
         with pytest.raises(ValueError, match="cannot run these settings"):
-            nat_verl.NATRayPPOTrainer(nat_trainer_config(override))
-    urs = nat_trainer_config("nat.method=urs", "algorithm.rollout_correction.rollout_is=sequence")
+            nat_verl.NATRayPPOTrainer(with_overrides(base, override))
+    urs = with_overrides(base, "nat.method=urs", "algorithm.rollout_correction.rollout_is=sequence")
     assert nat_verl.unsupported_settings(urs) == []  # URS computes every log-prob: sequence IS stays exact
     with pytest.raises(ValueError, match="nat.method must be one of"):
-        nat_verl.NATConfig.from_config(nat_trainer_config("nat.method=top-entropy"))
+        nat_verl.NATConfig.from_config(with_overrides(base, "nat.method=top-entropy"))
     with pytest.raises(ValueError, match="multimodal"):
         batch = driver_batch(PROMPTS, RESPONSES)
         batch.non_tensor_batch["multi_modal_inputs"] = __import__("numpy").array([{"pixel_values": 1}] * 4)
