@@ -3,11 +3,11 @@
 The engine is `FSDPEngineWithLMHead` built by verl's `EngineRegistry` around a tiny random Qwen3 (float32,
 gloo, one process; minnat.bench_verl's CPU platform shim). Checked:
 
-1. exact expectation: over EVERY combination of RPC cuts of a 4-row batch (120 of them), the mean of
-   NAT's gradient through verl's engine equals stock verl's full-token gradient, in all five
-   loss_agg modes with the KL loss and the entropy bonus, padded and padding-free, fixed and dynamic
-   micro-batches — and the stock, unweighted KL term over kept tokens is biased (why nat_ppo_loss
-   weights it);
+1. exact expectation: over EVERY combination of RPC cuts of a 4-row batch (120 of them; or the 39
+   joint outcomes of stratified cuts), the mean of NAT's gradient through verl's engine equals stock
+   verl's full-token gradient, in all five loss_agg modes with the KL loss and the entropy bonus,
+   padded and padding-free, fixed and dynamic micro-batches — and the stock, unweighted KL and
+   entropy terms over kept tokens are biased (why nat_ppo_loss weights them);
 2. one draw through the engine equals minnat's own `policy_loss` on a plain HF forward;
 3. the tokens reaching the engine's model drop exactly as the cuts say;
 4. the driver side (`NATRayPPOTrainer`, without Ray): one selection per batch, the cut batch handed to
@@ -47,7 +47,7 @@ from verl.workers.utils.losses import ppo_loss  # noqa: E402
 from minnat.grpo import policy_loss  # noqa: E402
 from minnat.integrations import verl as nat_verl  # noqa: E402
 from minnat.nat import (rpc_cut_probabilities, rpc_inclusion_probabilities, select_tokens,  # noqa: E402
-                        selection_from_keep)
+                        selection_from_keep, stratified_cut_law)
 from verl_cases import (TokenCounter, actor_config, driver_batch, engine_data, engine_gradient,  # noqa: E402
                         save_tiny_model)
 
@@ -77,17 +77,22 @@ def relative(a, b):
     return float((a - b).norm() / b.norm())
 
 
-def every_rpc_cut(batch, budget=BUDGET, cut_distribution="uniform-floor"):
-    """(probability, Selection) for every combination of independent RPC cuts of the batch's rows."""
+def every_rpc_cut(batch, budget=BUDGET, cut_distribution="uniform-floor", cut_sampling="independent"):
+    """(probability, Selection) for every joint outcome of the batch's RPC cuts: all combinations of
+    independent cuts, or the stratified design's exact joint law (`minnat.nat.stratified_cut_law`)."""
     mask = batch.batch["response_mask"].bool()
     lengths = mask.sum(dim=1)
     pi = rpc_inclusion_probabilities(lengths, mask.shape[1], budget, cut_distribution)
-    laws = [rpc_cut_probabilities(int(length), budget, cut_distribution) for length in lengths]
+    if cut_sampling == "stratified":
+        outcomes = [(probability, cuts) for cuts, probability in stratified_cut_law(lengths, budget, cut_distribution)]
+    else:
+        laws = [rpc_cut_probabilities(int(length), budget, cut_distribution) for length in lengths]
+        outcomes = [(math.prod(float(law[cut - 1]) for law, cut in zip(laws, cuts)), torch.tensor(cuts))
+                    for cuts in itertools.product(*[range(1, int(length) + 1) for length in lengths])]
     columns = torch.arange(mask.shape[1])
-    for cuts in itertools.product(*[range(1, int(length) + 1) for length in lengths]):
-        probability = math.prod(float(law[cut - 1]) for law, cut in zip(laws, cuts))
+    for probability, cuts in outcomes:
         if probability > 0:
-            keep = columns.unsqueeze(0) < torch.tensor(cuts).unsqueeze(1)
+            keep = columns.unsqueeze(0) < cuts.unsqueeze(1)
             yield probability, selection_from_keep(keep, pi, "rpc", budget, cut_distribution)
 
 
@@ -99,6 +104,7 @@ CASES = {  # loss_agg_mode, KL loss + entropy bonus, data layout
     "seq-mean-token-sum-norm": ("seq-mean-token-sum-norm", True, dict()),
     "padded, no KL": ("token-mean", False, dict(use_remove_padding=False)),
     "dynamic micro-batches": ("seq-mean-token-mean", True, dict(micro_batch_size=None, max_token_len=20)),
+    "stratified cuts": ("seq-mean-token-sum-norm", True, dict()),  # the launcher's default cut sampling
 }
 
 
@@ -117,7 +123,8 @@ def test_exact_expectation_over_every_cut_equals_stock_verl(engine, case):
     assert relative(engine_gradient(engine, engine_data(full, **options), nat_loss), stock) < 1e-6
 
     expected, naive, mass = torch.zeros_like(stock), torch.zeros_like(stock), 0.0
-    for probability, selection in every_rpc_cut(batch):
+    sampling = "stratified" if case == "stratified cuts" else "independent"
+    for probability, selection in every_rpc_cut(batch, cut_sampling=sampling):
         cut = nat_verl.engine_view(with_selection(batch, selection))
         expected += probability * engine_gradient(engine, engine_data(cut, **options), nat_loss)
         mass += probability
