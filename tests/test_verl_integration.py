@@ -320,11 +320,11 @@ def test_settings_nat_cannot_keep_unbiased_are_refused_with_a_sentence():
         nat_verl.add_selection(batch, nat_verl.NATConfig(), torch.Generator())
 
 
-def test_launcher_refuses_before_starting_anything():
+def test_launcher_refuses_before_starting_anything(tmp_path):
     environment = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-m", "minnat.integrations.verl",
+    result = subprocess.run([sys.executable, "-m", "minnat.integrations.verl",  # hydra writes outputs/ in cwd
                              "actor_rollout_ref.actor.policy_loss.loss_mode=gspo"], env=environment,
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 2 and "gspo" in result.stderr and "Traceback" not in result.stderr
 
 
