@@ -281,6 +281,7 @@ REFUSED = {
     "algorithm.rollout_correction.bypass_mode=true": "bypass_mode",
     "algorithm.rollout_correction.rollout_is=sequence": "rollout_is='sequence'",
     "algorithm.use_kl_in_reward=true": "use_kl_in_reward",
+    "algorithm.adv_estimator=optimal_token_baseline": "optimal token baseline",
     "algorithm.adv_estimator=gae": "critic",
     "distillation.enabled=true": "distillation",
     "actor_rollout_ref.actor.strategy=megatron": "megatron",

@@ -40,8 +40,8 @@ verl's. In the paper's notation (response o_i of |o_i| tokens, per-token term �
 Refused at start-up, each with a sentence saying why and what to do (`unsupported_settings`): policy
 losses whose per-token term needs the whole response or the whole batch (gspo, geo_mean, clip_cov,
 kl_cov, bypass_mode, unknown custom ones), rollout-correction bypass mode, and for RPC
-sequence-level rollout IS / rejection sampling and the KL-in-reward penalty (they read log-probs past
-the cut), critics (GAE), distillation, Megatron or any non-FSDP strategy, the prefix grouper,
+sequence-level rollout IS / rejection sampling, the KL-in-reward penalty and the optimal token
+baseline (they read log-probs past the cut), critics (GAE), distillation, Megatron or any non-FSDP strategy, the prefix grouper,
 `trainer.use_v1=true` (its trainer is a different class), multimodal inputs. Never a silent
 full-token run.
 
@@ -200,6 +200,13 @@ def unsupported_settings(config) -> list[str]:
             problems.append("rollout_correction.rollout_rs (rejection sampling) is refused with nat.method=rpc: "
                             "it masks tokens from statistics over the whole response, past the cut. Set "
                             "rollout_rs=null, or use nat.method=urs.")
+        estimator = select("algorithm.adv_estimator")
+        if estimator in ("optimal_token_baseline", "tir_optimal_token_baseline") or \
+                select("actor_rollout_ref.actor.calculate_sum_pi_squared"):
+            problems.append(f"adv_estimator={estimator!r} / calculate_sum_pi_squared is refused with nat.method=rpc: "
+                            "the optimal token baseline reads π_old and Σπ² at every response token, and RPC "
+                            "computes them up to the cut only. Use adv_estimator=grpo (or rloo, reinforce_plus_plus), "
+                            "or nat.method=urs.")
         if select("algorithm.use_kl_in_reward"):
             problems.append("algorithm.use_kl_in_reward=true is refused with nat.method=rpc: the reward's KL "
                             "penalty reads log-probs at every token, and RPC computes them up to the cut only. "
