@@ -352,7 +352,10 @@ def engine_view(batch: DataProto) -> DataProto:
         return batch
     tensors = batch.batch.clone(recurse=False)
     tensors["attention_mask"] = tensors[ATTENTION]
-    return DataProto(batch=tensors, non_tensor_batch=batch.non_tensor_batch, meta_info=dict(batch.meta_info))
+    meta_info = dict(batch.meta_info)
+    if "global_token_num" in meta_info:  # verl's MFU metric counts the tokens the model is really given
+        meta_info["global_token_num"] = tensors[ATTENTION].sum(dim=-1).tolist()
+    return DataProto(batch=tensors, non_tensor_batch=batch.non_tensor_batch, meta_info=meta_info)
 
 
 class NATRayPPOTrainer(RayPPOTrainer):
