@@ -61,6 +61,10 @@ it): the ratios show what the cut removes, not padding that full could have remo
 Mode "step" times whole training steps (rollout + update) of `minnat.train.Trainer` on the
 embedded model, so one sees what share of a step's wall time NAT can touch at all.
 
+Mode "verl" (`minnat.bench_verl`, needs `minnat[verl]`) runs one actor update through verl 0.9's
+own FSDP2 engine on CPU, stock `ppo_loss` vs NAT-RPC (`minnat.integrations.verl`) at ρ on the same
+batch: tokens given to the model and time, interleaved repeats; verl.json and verl.md.
+
 Mode "memory" (`minnat.bench_memory`) measures the update step's peak memory — saved for
 backward, peak above the step's start, total peak — for minnat full/URS/RPC, stock TRL's
 `GRPOTrainer._compute_loss` and TRL+NAT on the same batch, each in a fresh process, and the LM
@@ -872,10 +876,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m minnat.bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = parser.add_argument
-    add("--mode", choices=("update", "step", "memory"), default="update",
+    add("--mode", choices=("update", "step", "memory", "verl"), default="update",
         help="update: the policy-update step alone (default); step: whole trainer steps, rollout + update; "
              "memory: the update step's peak memory per configuration in fresh processes, minnat vs stock TRL "
-             "(minnat.bench_memory)")
+             "(minnat.bench_memory); verl: one actor update through verl's FSDP2 engine on CPU, stock vs RPC "
+             "(minnat.bench_verl; needs minnat[verl])")
     add("--preset", choices=BENCH_PRESETS, default="tiny",
         help="model architecture with random weights: the embedded tiny Qwen3, a Qwen3 size, or 'small' (4 layers, "
              "hidden 512: the memory configuration) (update and memory modes)")
@@ -899,6 +904,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated budgets ρ for URS and RPC (in step mode default: 0.5)")
     add("--draws", type=int, default=3, help="NAT selection draws averaged per point (update mode)")
     add("--repeats", type=int, default=5, help="interleaved timing repeats per draw (update mode)")
+    add("--verl-max-token-len", type=int, default=4096,
+        help="verl mode: the engine's token budget per micro-batch (dynamic batch sizes, verl's ppo_max_token_len_per_gpu)")
     add("--micro-batch-overhead-tokens", type=overhead_tokens_arg, default=DEFAULT_OVERHEAD_TOKENS,
         help="what one extra forward pass is worth in padded tokens when rows are grouped into micro-batches "
              "(minnat.logprobs.plan_micro_batches; 0 = no padding, one pass per length; 'auto' = measure it on "
@@ -932,7 +939,7 @@ def check_options(options) -> None:
     if getattr(options, "task", None) is None:
         options.task = trainer_defaults.task
     if options.batch_size is None:
-        options.batch_size = 8 if options.mode in ("update", "memory") else trainer_defaults.batch_size
+        options.batch_size = 8 if options.mode in ("update", "memory", "verl") else trainer_defaults.batch_size
     if options.group_size is None:
         options.group_size = trainer_defaults.group_size
     if options.max_new_tokens is None:
@@ -967,8 +974,10 @@ def main(argv=None) -> int:
     parser = build_parser()
     options = parser.parse_args(argv)
     given = argv if argv is not None else sys.argv[1:]
-    if options.mode in ("step", "memory") and "--budgets" not in given:
+    if options.mode in ("step", "memory", "verl") and "--budgets" not in given:
         options.budgets = [0.5]
+    if options.mode == "verl" and "--response-lengths" not in given:
+        options.response_lengths = [256]
     if options.mode == "memory":
         if "--response-lengths" not in given:
             options.response_lengths = [256]
@@ -995,6 +1004,10 @@ def main(argv=None) -> int:
             from minnat.bench_memory import run_memory_benchmark
 
             run_memory_benchmark(options)
+        elif options.mode == "verl":
+            from minnat.bench_verl import run_verl_benchmark
+
+            run_verl_benchmark(options)
         else:
             run_step_benchmark(options)
     except ValueError as error:
