@@ -246,12 +246,21 @@ def plot(report: dict, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- main
 
-def cached(path: Path, compute):
-    """Read part 2 or 3 back from `path` if an earlier invocation measured it, else compute and save it."""
-    if path.exists():
-        return json.loads(path.read_text())
-    value = compute()
-    path.write_text(json.dumps(value, indent=2))
+def cached(path: Path, arm_list, compute, arms_of=lambda value: value):
+    """Part 2 or 3, read back from `path` for the arms an earlier invocation measured; `compute(arms)`
+    measures only the missing ones (all arms the first time) and the merged result is saved.
+
+    `arms_of(value)` is the dict keyed by arm label inside a saved value."""
+    value = json.loads(path.read_text()) if path.exists() else None
+    have = set(arms_of(value)) if value is not None else set()
+    missing = [arm for arm in arm_list if arm[0] != "full" and arm_label(*arm) not in have]
+    if value is None or missing:
+        fresh = compute(arm_list if value is None else [("full", 1.0)] + missing)
+        if value is None:
+            value = fresh
+        else:
+            arms_of(value).update({label: row for label, row in arms_of(fresh).items() if label not in have})
+        path.write_text(json.dumps(value, indent=2))
     return value
 
 
@@ -302,12 +311,11 @@ def main(argv=None) -> int:
             results.append(result)
     training_seconds = time.time() - started
 
-    paired = cached(out / "paired_costs.json", lambda: {
+    paired = cached(out / "paired_costs.json", arm_list, lambda todo: {
         "load_average_at_start": os.getloadavg()[0], "threads": 1, "batches": args.paired_batches,
-        "arms": paired_costs(arm_list, args.paired_batches, args.seeds[0], extra)})
-    gradients = cached(out / "gradient_stats.json",
-                       lambda: gradient_statistics(arm_list, extra, args.gradient_draws))
-
+        "arms": paired_costs(todo, args.paired_batches, args.seeds[0], extra)}, arms_of=lambda value: value["arms"])
+    gradients = cached(out / "gradient_stats.json", arm_list,
+                       lambda todo: gradient_statistics(todo, extra, args.gradient_draws))  # keyed by arm (+ "batch")
     from minnat.train import parse_args
     report = {**header, "load_average_at_start": load_at_start, "threads_per_run": 1,
               "task": parse_args(extra).task, "methods": args.methods, "budgets": args.budgets, "seeds": args.seeds,

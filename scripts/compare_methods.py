@@ -84,7 +84,11 @@ def run_one(job):
         update_seconds += record.get("update_seconds", 0.0)
         if "eval_accuracy" in record:
             curve.append((record["step"], record["eval_accuracy"], round(update_seconds, 3)))
-    return {"method": method, "budget": budget, "seed": seed, "summary": summary, "curve": curve}
+    # The sampled (temperature-1) reward of every training batch: a smoother view of learning than
+    # greedy accuracy, which can flip between a few answer habits when one token's argmax changes.
+    rewards = [(record["step"], record["reward_mean"]) for record in metrics if "reward_mean" in record]
+    return {"method": method, "budget": budget, "seed": seed, "summary": summary, "curve": curve,
+            "reward_curve": rewards}
 
 
 def paired_costs(arms, batches, seed, extra, log=print) -> dict:
@@ -190,17 +194,24 @@ def plot(results, methods, budget, path, task):
     plt.close(figure)
 
 
+def cost_text(cost: dict, key: str) -> str:
+    """A same-batch ratio, or "not measured" when the run skipped that measurement (--paired-batches 0)."""
+    return f"{cost[key]:.2f}" if key in cost else "not measured"
+
+
 def markdown(report) -> str:
     header = ("| method | accuracy before | after: mean [min, max] | best − final (worst seed) | "
               "tokens to the model / full's | update time / full's (same batches) | "
-              "activation memory / full's (same batches) |")
-    lines = [header, "|" + "---|" * 7]
+              "activation memory / full's (same batches) | sampled training reward, first 5 → last 5 steps "
+              "(mean over seeds) |")
+    lines = [header, "|" + "---|" * 8]
     for method, row in report["methods"].items():
         cost = report["paired_costs"].get(arm_label(method, report["budget"]), {})
         lines.append(
             f"| {method} | {row['accuracy_before']:.1%} | {row['mean']:.1%} [{row['min']:.1%}, {row['max']:.1%}] | "
             f"{row['worst_drop_from_best'] * 100:.1f} points | {row['tokens_to_model_fraction']:.2f} | "
-            f"{cost.get('time_ratio_median', float('nan')):.2f} | {cost.get('activation_ratio_median', float('nan')):.2f} |")
+            f"{cost_text(cost, 'time_ratio_median')} | {cost_text(cost, 'activation_ratio_median')} | "
+            f"{statistics.fmean(row['train_reward_first5']):.2f} → {statistics.fmean(row['train_reward_last5']):.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -221,6 +232,9 @@ def summarise(results, methods, budget, seeds, extra, paired, wall_seconds, load
             "update_seconds_total": statistics.mean(r["summary"]["wall_seconds"]["update"] for r in runs),
             "rollout_seconds_total": statistics.mean(r["summary"]["wall_seconds"]["rollout"] for r in runs),
             "eval_seconds_total": statistics.mean(r["summary"]["wall_seconds"]["eval"] for r in runs),
+            # mean sampled training reward over the first and the last 5 steps, per seed
+            "train_reward_first5": [statistics.fmean(reward for _, reward in r["reward_curve"][:5]) for r in runs],
+            "train_reward_last5": [statistics.fmean(reward for _, reward in r["reward_curve"][-5:]) for r in runs],
         }
     full_mean = per_method["full"]["mean"] if "full" in per_method else None
     for method, row in per_method.items():
@@ -234,7 +248,8 @@ def summarise(results, methods, budget, seeds, extra, paired, wall_seconds, load
             "extra_flags": extra, "wall_seconds": round(wall_seconds, 1),
             "command": "python scripts/compare_methods.py " + " ".join(sys.argv[1:]),
             "methods": per_method, "paired_costs": paired,
-            "curves": {f"{r['method']}-seed{r['seed']}": r["curve"] for r in results}}
+            "curves": {f"{r['method']}-seed{r['seed']}": r["curve"] for r in results},
+            "train_reward_curves": {f"{r['method']}-seed{r['seed']}": r["reward_curve"] for r in results}}
 
 
 def main(argv=None):
