@@ -56,8 +56,9 @@ from pathlib import Path
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from minnat.bench import (batch_seed, bench_config, build_model, describe_threads, draw_selection, make_batch,
-                          policy_update_loss, selection_seed, stratified_rpc_selections, zero_gradients)
+from minnat.bench_common import (batch_seed, bench_config, build_model, describe_threads, draw_selection,
+                                 make_batch, policy_update_loss, selection_seed, stratified_rpc_selections,
+                                 zero_gradients)
 from minnat.logprobs import score_positions
 from minnat.measure import ActivationMeter, PeakRSS, ratio_spread, stopwatch, synchronize
 
