@@ -277,6 +277,7 @@ class Trainer:
             raise ValueError(f"cannot resume {self.run_dir} with LoRA: its checkpoint {resume_from} holds full "
                              "weights, not an adapter. Resume it without LoRA, or start a new run with --out.")
         if config.lora_rank and resume_from is None:
+            torch.manual_seed(config.seed)  # A's random init is part of the run: the same seed, the same adapters
             self.model = lora.add_lora(self.model, config.lora_rank, config.lora_alpha, config.lora_targets,
                                        config.lora_dropout)
         self.reference_model = None

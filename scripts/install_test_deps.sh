@@ -2,7 +2,7 @@
 # Everything the test suite needs, on top of the README's first command:
 #   * Debian's Chromium, driven headless by Playwright in the explorer's browser test
 #     (Playwright's own browser download needs a network this project does not assume);
-#   * the test tools and the optional TRL integration (pyproject extras "test" and "trl").
+#   * the test tools and the optional integrations (pyproject extras "test", "trl", "deepspeed", "lora", "notebooks").
 # The README's second command is `bash scripts/install_test_deps.sh && python -m pytest -q`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,4 +15,4 @@ if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
   $as_root apt-get install -y -q chromium
 fi
 
-python -m pip install -q -e ".[test,trl,deepspeed,notebooks]"
+python -m pip install -q -e ".[test,trl,deepspeed,lora,notebooks]"
