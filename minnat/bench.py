@@ -66,6 +66,14 @@ backward, peak above the step's start, total peak — for minnat full/URS/RPC, s
 `GRPOTrainer._compute_loss` and TRL+NAT on the same batch, each in a fresh process, and the LM
 head alone (tiled against the previous design); then times them interleaved.
 
+Mode "lora" (`minnat.bench_lora`) measures the same step for full/URS/RPC with every weight trained
+and with LoRA adapters, and predicts the one-GPU budget of Qwen3-0.6B…8B (weights, training
+states, activations with and without RPC) from per-token activation bytes measured on each
+size's widths.
+
+The modules share their presets, batches and selections through `minnat.bench_common`; imports
+flow one way: bench -> bench_memory, bench_lora -> bench_common.
+
 Time ratios are findings only when their repeats agree: each ratio is checked with
 `minnat.measure.ratio_spread` (≥ 3 repeats, per-repeat ratios within 10% of their median);
 otherwise it is printed as unreliable, with its spread and the remedy, never as met or missed.
@@ -74,7 +82,7 @@ average: torch's default of a thread per core collapses on a machine other jobs 
 
 Outputs in --out: bench.json (list of rows), bench.md (table), bench.png (ratios vs budget
 and vs response length); step mode writes step.json and step.md; memory mode memory.json and
-memory.md.
+memory.md; lora mode lora.json and lora.md.
 """
 from __future__ import annotations
 
@@ -98,7 +106,7 @@ from minnat.bench_common import (BENCH_PRESETS, DEFAULT_OVERHEAD_TOKENS, BenchBa
                                  batch_seed, build_model, describe_threads, draw_selection, make_batch,
                                  policy_update_loss, selection_seed, stratified_rpc_selections, tensor_fingerprint,
                                  zero_gradients)
-from minnat.bench_lora import run_lora_benchmark
+from minnat.bench_lora import PREDICT_PRESETS, run_lora_benchmark
 from minnat.bench_memory import run_memory_benchmark
 from minnat.logprobs import LogprobStats
 from minnat.measure import ActivationMeter, ratio_spread, stopwatch, synchronize
@@ -683,10 +691,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m minnat.bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = parser.add_argument
-    add("--mode", choices=("update", "step", "memory"), default="update",
+    add("--mode", choices=("update", "step", "memory", "lora"), default="update",
         help="update: the policy-update step alone (default); step: whole trainer steps, rollout + update; "
              "memory: the update step's peak memory per configuration in fresh processes, minnat vs stock TRL "
-             "(minnat.bench_memory)")
+             "(minnat.bench_memory); lora: full / URS / RPC with every weight and with LoRA, measured, and the "
+             "predicted one-GPU budget of Qwen3-0.6B…8B (minnat.bench_lora)")
     add("--preset", choices=BENCH_PRESETS, default="tiny",
         help="model architecture with random weights: the embedded tiny Qwen3, a Qwen3 size, or 'small' (4 layers, "
              "hidden 512: the memory configuration) (update and memory modes)")
@@ -724,6 +733,19 @@ def build_parser() -> argparse.ArgumentParser:
              "one thread per core collapses when other processes hold cores. 0 = auto: the cores the load "
              "average leaves free")
     add("--out", default=None, help="output folder (default: a new folder runs/bench-<time>)")
+    # lora mode
+    add("--lora-rank", type=int, default=16, help="lora mode: the adapters' rank r")
+    add("--predict-presets", type=comma_list(str, "--predict-presets"), default=list(PREDICT_PRESETS),
+        help="lora mode: the Qwen3 sizes whose GPU budget is predicted (their per-token activation bytes are "
+             "measured on 1- and 2-layer bodies of their widths)")
+    add("--predict-rows", type=int, default=16, help="lora mode: rows per backward pass in the prediction "
+                                                      "(the trainer's --update-micro-batch-rows)")
+    add("--predict-prompt-length", type=int, default=256, help="lora mode: prompt tokens per row in the prediction")
+    add("--predict-response-length", type=int, default=1024,
+        help="lora mode: response tokens per row in the prediction (every row full length: the worst case)")
+    add("--predict-dtype", default="bfloat16", choices=("bfloat16", "float32"),
+        help="lora mode: the dtype the per-token activation bytes are measured in (a GPU run's: bfloat16)")
+    add("--skip-measured", action="store_true", help="lora mode: only the prediction (parts 2 and 3)")
     # step mode
     add("--model", default="embedded", help="step mode: the model the trainer loads (default: the embedded one)")
     add("--task", default=None, help="step mode: long-addition (embedded; default: the trainer's), arithmetic or gsm8k")
@@ -743,16 +765,23 @@ def check_options(options) -> None:
     if getattr(options, "task", None) is None:
         options.task = trainer_defaults.task
     if options.batch_size is None:
-        options.batch_size = 8 if options.mode in ("update", "memory") else trainer_defaults.batch_size
+        options.batch_size = 8 if options.mode in ("update", "memory", "lora") else trainer_defaults.batch_size
     if options.group_size is None:
         options.group_size = trainer_defaults.group_size
     if options.max_new_tokens is None:
         options.max_new_tokens = trainer_defaults.max_new_tokens
     if options.mode == "memory" and options.repeats < 0:
         raise ValueError(f"--repeats must be ≥ 0 in memory mode (0 = memory only, no timing); got {options.repeats}.")
-    if options.mode == "memory" and len(options.response_lengths) != 1:
-        raise ValueError(f"memory mode measures one response length; give one --response-lengths value, got "
+    if options.mode in ("memory", "lora") and len(options.response_lengths) != 1:
+        raise ValueError(f"{options.mode} mode measures one response length; give one --response-lengths value, got "
                          f"{options.response_lengths}.")
+    if options.mode == "lora":
+        unknown = [preset for preset in options.predict_presets if preset not in PREDICT_PRESETS]
+        if unknown:
+            raise ValueError(f"unknown --predict-presets {unknown}; choose from {', '.join(PREDICT_PRESETS)}.")
+        for name in ("lora_rank", "predict_rows", "predict_prompt_length", "predict_response_length"):
+            if getattr(options, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(options, name)}.")
     if not 0 < options.shortest_response <= 1:
         raise ValueError(f"--shortest-response must be a fraction in (0, 1]; got {options.shortest_response}.")
     unknown = [engine for engine in options.engines if engine not in ("minnat", "trl", "trl+nat", "head")]
@@ -760,7 +789,7 @@ def check_options(options) -> None:
         raise ValueError(f"unknown --engines {unknown}; choose from minnat, trl, trl+nat, head.")
     for name in ("batch_size", "prompt_length", "draws", "repeats", "steps", "group_size", "max_new_tokens",
                  "num_eval"):
-        if name == "repeats" and options.mode == "memory":
+        if name == "repeats" and options.mode in ("memory", "lora"):
             continue
         if getattr(options, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(options, name)}.")
@@ -778,9 +807,9 @@ def main(argv=None) -> int:
     parser = build_parser()
     options = parser.parse_args(argv)
     given = argv if argv is not None else sys.argv[1:]
-    if options.mode in ("step", "memory") and "--budgets" not in given:
+    if options.mode in ("step", "memory", "lora") and "--budgets" not in given:
         options.budgets = [0.5]
-    if options.mode == "memory":
+    if options.mode in ("memory", "lora"):
         if "--response-lengths" not in given:
             options.response_lengths = [256]
         if "--repeats" not in given:
