@@ -19,7 +19,8 @@ activations — and those are what RPC cuts. This mode shows both, in three part
        a_layer = bytes(2 layers) − bytes(1 layer)       per token given to the model, per layer
        a_rest  = bytes(1 layer) − a_layer               embedding, final norm, the tiled LM head's input
 
-   in `--predict-dtype` (bf16, what a GPU run uses), with and without LoRA (its float32 adapters
+   in `--predict-dtype` (bf16, what a GPU run uses) on `--device` (on a GPU: its own attention
+   kernels' saved tensors), with and without LoRA (its float32 adapters
    save float32 copies of their inputs) and with and without gradient checkpointing (which saves
    each layer's input and recomputes the layer in backward). Every layer of a size is the same,
    so n_ℓ·a_layer + a_rest is the full model's per-token cost.
@@ -57,7 +58,7 @@ from minnat.bench_common import batch_seed, bench_config, describe_threads, make
 from minnat.bench_memory import case_name, case_selection, measure_in_fresh_process, mib
 from minnat.logprobs import LogprobStats, planned_tokens_to_model
 from minnat.measure import ActivationMeter
-from minnat.models import QWEN3_ARCHITECTURES, build_random_model, count_parameters, preset_config
+from minnat.models import QWEN3_ARCHITECTURES, build_random_model, count_parameters, preset_config, resolve_device
 from minnat.nat import select_tokens
 
 GIB, GB = 2 ** 30, 10 ** 9
@@ -93,9 +94,9 @@ def replace_config(config, **changes):
 
 # ----------------------------------------------------------------------------- per-token activation bytes
 def saved_bytes_per_token(config, *, dtype: torch.dtype, lora_rank: int, gradient_checkpointing: bool,
-                          rows: int = 2, length: int = 48) -> float:
+                          rows: int = 2, length: int = 48, device: str = "cpu") -> float:
     """Bytes saved for backward per token given to the model, one update's forward on `config` (seeded random weights)."""
-    model = build_random_model(replace_config(config), dtype=dtype, device="cpu",
+    model = build_random_model(replace_config(config), dtype=dtype, device=device,
                                gradient_checkpointing=gradient_checkpointing).train()
     if lora_rank:
         from minnat.lora import add_lora
@@ -104,28 +105,31 @@ def saved_bytes_per_token(config, *, dtype: torch.dtype, lora_rank: int, gradien
     batch = make_batch(rows, 8, length, config.vocab_size, seed=0, shortest_fraction=1.0)
     stats = LogprobStats()
     with ActivationMeter(model) as meter:
+        batch = batch.to(device)
         loss = policy_update_loss(model, batch, select_tokens(batch.response_mask, "full"), stats=stats)
     del loss, model
     return meter.bytes / stats.tokens_to_model
 
 
-def layer_activation_bytes(config, *, dtype: torch.dtype, lora_rank: int, gradient_checkpointing: bool) -> dict:
+def layer_activation_bytes(config, *, dtype: torch.dtype, lora_rank: int, gradient_checkpointing: bool,
+                           device: str = "cpu") -> dict:
     """{"layer": a_layer, "rest": a_rest}: bytes per token of one decoder layer and of everything else."""
     narrow = replace_config(config, vocab_size=512, max_position_embeddings=4096)  # the head's tiles are transient
     one, two = (saved_bytes_per_token(replace_config(narrow, num_hidden_layers=layers), dtype=dtype,
-                                      lora_rank=lora_rank, gradient_checkpointing=gradient_checkpointing)
+                                      lora_rank=lora_rank, gradient_checkpointing=gradient_checkpointing,
+                                      device=device)
                 for layers in (1, 2))
     return {"layer": two - one, "rest": one - (two - one)}
 
 
-def activation_profile(config, *, dtype: torch.dtype, lora_rank: int) -> dict:
+def activation_profile(config, *, dtype: torch.dtype, lora_rank: int, device: str = "cpu") -> dict:
     """The four per-token profiles of one architecture: {(lora, checkpointing): {"layer", "rest"}}, as a flat dict."""
     profile = {}
     for lora_on in (False, True):
         for checkpointing in (False, True):
             key = f"{'lora' if lora_on else 'full_ft'}{'_gc' if checkpointing else ''}"
             profile[key] = layer_activation_bytes(config, dtype=dtype, lora_rank=lora_rank if lora_on else 0,
-                                                  gradient_checkpointing=checkpointing)
+                                                  gradient_checkpointing=checkpointing, device=device)
     return profile
 
 
@@ -192,7 +196,7 @@ def measure_preset(options, log=print) -> list[dict]:
             selection = case_selection(case, batch, spec["seed"])
             tokens = planned_tokens_to_model(batch.attention_mask, selection.keep)
             name = case_name(case) + (f", LoRA r={lora_rank}" if lora_rank else ", every weight")
-            rows.append({"name": name, **case, **figures, "tokens_to_model": tokens, "dtype": dtype})
+            rows.append({"name": name, **case, **figures, "tokens_to_model": tokens, "dtype": dtype, "device": device})
             log(f"  {name}: saved for backward {mib(figures['saved_for_backward_bytes'])}, peak above start "
                 f"{mib(figures['peak_above_start_bytes'])} ({time.perf_counter() - started:.0f} s)")
     return rows
@@ -205,7 +209,8 @@ def add_measured_prediction(rows: list[dict], options) -> None:
     profile = {}
     for lora_rank in sorted({row["lora_rank"] for row in rows}):
         profile[lora_rank] = layer_activation_bytes(config, dtype=dtype, lora_rank=lora_rank,
-                                                    gradient_checkpointing=options.gradient_checkpointing)
+                                                    gradient_checkpointing=options.gradient_checkpointing,
+                                                    device=rows[0]["device"])
     for row in rows:
         saved = profile[row["lora_rank"]]
         row["predicted_saved_bytes"] = row["tokens_to_model"] * (config.num_hidden_layers * saved["layer"] +
@@ -275,7 +280,8 @@ def run_lora_benchmark(options, log=print) -> list[dict]:
     profiles, budget_rows = {}, []
     for preset in options.predict_presets:
         started = time.perf_counter()
-        profiles[preset] = activation_profile(preset_config(preset), dtype=dtype, lora_rank=options.lora_rank)
+        profiles[preset] = activation_profile(preset_config(preset), dtype=dtype, lora_rank=options.lora_rank,
+                                              device=resolve_device(options.device))
         budget_rows += predict_budget(preset, profiles[preset], lora_rank=options.lora_rank,
                                       rows=options.predict_rows, prompt_length=options.predict_prompt_length,
                                       response_length=options.predict_response_length, budget=options.budgets[0])

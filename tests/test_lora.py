@@ -272,3 +272,50 @@ def test_nat_grpo_trainer_trains_the_adapters_through_trls_peft_config(tmp_path)
                        peft_config=lora.lora_config(4, 8.0, ["q_proj"]).__class__(
                            r=4, target_modules=["q_proj", "lm_head"], task_type="CAUSAL_LM"))
 
+
+
+# ----------------------------------------------------------------------------- the bench's LoRA mode
+def test_adapter_count_matches_peft_and_the_arithmetic_matches_the_saved_bytes():
+    from minnat import bench_lora
+
+    model = build_tiny_qwen3(dtype=torch.float32)
+    wrapped = lora.add_lora(copy.deepcopy(model), rank=3)
+    assert bench_lora.adapter_parameters(model.config, 3) == sum(p.numel() for p in lora.trainable_parameters(wrapped))
+    assert bench_lora.model_parameters(model.config) == sum(p.numel() for p in model.parameters())
+    # Per-layer bytes from 1- and 2-layer bodies predict a 3-layer body's saved bytes (every layer is the same).
+    config = bench_lora.replace_config(model.config, num_hidden_layers=3)
+    for rank, checkpointing in [(0, False), (2, False), (0, True)]:
+        profile = bench_lora.layer_activation_bytes(model.config, dtype=torch.float32, lora_rank=rank,
+                                                    gradient_checkpointing=checkpointing)
+        measured = bench_lora.saved_bytes_per_token(bench_lora.replace_config(config, vocab_size=512), dtype=torch.float32,
+                                                    lora_rank=rank, gradient_checkpointing=checkpointing)
+        assert 3 * profile["layer"] + profile["rest"] == pytest.approx(measured, rel=1e-9)
+        assert profile["layer"] > 0
+
+
+def test_bench_lora_mode_measures_and_predicts(tmp_path, monkeypatch):
+    from minnat import bench, bench_lora, bench_memory
+
+    # The fresh processes cost ~20 s each on a busy 2-core machine; the test measures in this process instead.
+    monkeypatch.setattr(bench_lora, "measure_in_fresh_process",
+                        lambda spec: bench_memory.measure_in_this_process(json.loads(json.dumps(spec))))
+    assert bench.main(["--mode", "lora", "--preset", "tiny", "--batch-size", "3", "--prompt-length", "8",
+                       "--response-lengths", "32", "--lora-rank", "4", "--predict-presets", "qwen3-0.6b",
+                       "--predict-rows", "2", "--predict-prompt-length", "16", "--predict-response-length", "64",
+                       "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "lora.json").read_text())
+    measured = {row["name"]: row for row in result["measured"]}
+    assert len(measured) == 6
+    full, rpc = measured["minnat full, every weight"], measured["minnat rpc ρ=0.5, every weight"]
+    lora_full = measured["minnat full, LoRA r=4"]
+    assert rpc["saved_for_backward_bytes"] < 0.8 * full["saved_for_backward_bytes"]
+    assert all(0.9 < row["predicted_over_measured"] < 1.1 for row in measured.values())
+    assert lora_full["tokens_to_model"] == full["tokens_to_model"]
+    budget = {row["training"]: row for row in result["predicted_budget"]}
+    assert budget["lora"]["states_bytes"] < 0.02 * budget["full_ft"]["states_bytes"]
+    for row in budget.values():
+        assert row["activation_bytes_rpc"] < row["activation_bytes_full"]
+        assert row["total_bytes_rpc_gc"] < row["total_bytes_full_gc"]
+    markdown = (tmp_path / "lora.md").read_text()
+    assert "Predicted GPU budget" in markdown and "qwen3-0.6b" in markdown
+    assert bench.main(["--mode", "lora", "--predict-presets", "qwen3-70b", "--out", str(tmp_path)]) == 2
