@@ -27,7 +27,9 @@ This module imports nothing from minnat; `minnat.models` and `minnat.train` impo
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -43,6 +45,15 @@ QWEN3_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 # minnat's tiled LM head reads the head's weight directly (minnat.logprobs.score_positions), and the embedding is
 # tied to it in the small Qwen3 models: an adapter there would be invisible to the log-probs, so it is refused.
 REFUSED_TARGETS = ("lm_head", "embed_tokens")
+
+
+@contextlib.contextmanager
+def quiet_peft():
+    """peft 0.21 asks transformers 5 `is_gradient_checkpointing`, which warns that the name is deprecated; the
+    warning is about peft's code, not the user's, and would break into every run's output."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def require_peft():
@@ -89,7 +100,8 @@ def add_lora(model, rank: int, alpha: float | None = None, targets: str | list[s
     peft = require_peft()
     config = lora_config(rank, alpha, targets, dropout)
     try:
-        wrapped = peft.get_peft_model(model, config)
+        with quiet_peft():
+            wrapped = peft.get_peft_model(model, config)
     except ValueError as error:  # e.g. a target name that matches no module
         linear = sorted({name.split(".")[-1] for name, module in model.named_modules()
                          if isinstance(module, torch.nn.Linear)} - set(REFUSED_TARGETS))
@@ -144,4 +156,5 @@ def read_base_model(folder) -> tuple[str, str | None]:
 def attach_saved_adapter(base_model, folder, *, trainable: bool):
     """base_model + the adapter saved in `folder` -> peft.PeftModel (adapter trainable or frozen)."""
     peft = require_peft()
-    return peft.PeftModel.from_pretrained(base_model, str(folder), is_trainable=trainable)
+    with quiet_peft():
+        return peft.PeftModel.from_pretrained(base_model, str(folder), is_trainable=trainable)
