@@ -125,6 +125,15 @@ def test_lora_flags_are_checked_with_sentences_that_say_what_to_do():
         lora.add_lora(build_tiny_qwen3(), rank=2, targets=["no_such_proj"])
 
 
+def test_lora_without_peft_names_the_install_command(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` now fails as if it were not installed
+    with pytest.raises(ValueError, match=r'pip install "minnat\[lora\]"'):
+        TrainConfig(lora_rank=4).validate()
+    TrainConfig().validate()  # the default run needs no peft
+
+
 def small_run(out, *extra):
     return ["--task", "arithmetic", "--steps", "2", "--batch-size", "16", "--group-size", "4", "--num-eval", "4",
             "--eval-batch-size", "4", "--eval-every", "0", "--max-new-tokens", "72", "--num-threads", "1",
