@@ -8,8 +8,14 @@
 # point, 3 interleaved timing repeats. 4B and 8B use gradient checkpointing (as RL trainers
 # such as verl do by default) so that they fit comfortably.
 #
-# Expected duration on one H200: about 5 minutes; never more than ~7 (each preset has a
-# time limit, and a preset that fails or runs out of time is logged and skipped).
+# Then the LoRA rows (`python -m minnat.bench --mode lora`, BENCH_LORA=0 skips them): per preset,
+# the update step's peak memory (torch.cuda.max_memory_allocated, each configuration in a fresh
+# process) for full / URS / RPC ρ = 0.5 with every weight trained and with LoRA rank 16, beside the
+# prediction from per-token activation bytes measured on the GPU; OUT/lora-<preset>/{lora.json,lora.md}.
+#
+# Expected duration on one H200: about 5 minutes for the update rows, about 6 more for the LoRA
+# rows (not yet run on a GPU: the LoRA limits are estimates); each preset has a time limit, and
+# a preset that fails or runs out of time is logged and skipped.
 # Everything lands in OUT: machine.txt, summary.txt (one line per preset and a table of the
 # ratios at ρ = 0.5), and OUT/<preset>/{bench.json,bench.md,bench.png,log.txt}.
 #
@@ -22,6 +28,7 @@ OUT=${1:?usage: bash bench/run_gpu.sh OUT_DIR}
 PYTHON=${PYTHON:-python}
 PRESETS=${BENCH_PRESETS:-"qwen3-0.6b qwen3-1.7b qwen3-4b qwen3-8b"}
 TINY=${BENCH_TINY:-0}
+LORA=${BENCH_LORA:-1}
 cd "$(dirname "$0")/.." || exit 1
 mkdir -p "$OUT" || exit 1
 OUT=$(cd "$OUT" && pwd)
@@ -99,4 +106,39 @@ for preset in presets:
                   f"{cell(row.get('peak_step_memory_ratio'))} |")
 print("| paper, Qwen3-8B | rpc | ~0.5 | | | | 0.71 | 0.82 | |")
 EOF
+# The LoRA rows: measured peak memory with every weight and with LoRA, and the predicted one-GPU budget.
+lora_settings() {
+  case "$1" in
+    qwen3-0.6b) echo "80" ;;
+    qwen3-1.7b) echo "90" ;;
+    qwen3-4b)   echo "110 --gradient-checkpointing" ;;
+    qwen3-8b)   echo "150 --gradient-checkpointing" ;;
+    *)          echo "60" ;;
+  esac
+}
+LORA_COMMON="--mode lora --batch-size 8 --prompt-length 128 --response-lengths 2048 --lora-rank 16"
+if [ "$TINY" = "1" ]; then
+  LORA_COMMON="--mode lora --batch-size 3 --prompt-length 8 --response-lengths 32 --lora-rank 4 --device cpu --threads 1 --predict-rows 2 --predict-prompt-length 16 --predict-response-length 64"
+fi
+if [ "$LORA" = "1" ]; then
+  for preset in $PRESETS; do
+    read -r limit extra <<< "$(lora_settings "$preset")"
+    model=$preset
+    [ "$TINY" = "1" ] && case "$preset" in qwen3-*) model=tiny ;; esac
+    mkdir -p "$OUT/lora-$preset"
+    command="$PYTHON -u -m minnat.bench --preset $model $LORA_COMMON $extra --predict-presets $preset --out $OUT/lora-$preset"
+    [ "$TINY" = "1" ] && command="$command --skip-measured"
+    echo "command (lora $preset): $command" >> "$OUT/machine.txt"
+    echo "=== lora $preset: starting (limit ${limit}s, $((SECONDS - started_all))s elapsed) ==="
+    started=$SECONDS
+    # shellcheck disable=SC2086
+    timeout -k 10 "$limit" $command 2>&1 | tee "$OUT/lora-$preset/log.txt"
+    status=${PIPESTATUS[0]}
+    if [ "$status" -eq 0 ]; then
+      echo "lora $preset OK in $((SECONDS - started))s" | tee -a "$OUT/summary.txt"
+    else
+      echo "lora $preset FAILED (exit $status) after $((SECONDS - started))s; see $OUT/lora-$preset/log.txt" | tee -a "$OUT/summary.txt"
+    fi
+  done
+fi
 echo "=== done in $((SECONDS - started_all))s; results in $OUT ==="

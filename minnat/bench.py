@@ -70,6 +70,14 @@ backward, peak above the step's start, total peak — for minnat full/URS/RPC, s
 `GRPOTrainer._compute_loss` and TRL+NAT on the same batch, each in a fresh process, and the LM
 head alone (tiled against the previous design); then times them interleaved.
 
+Mode "lora" (`minnat.bench_lora`) measures the same step for full/URS/RPC with every weight trained
+and with LoRA adapters, and predicts the one-GPU budget of Qwen3-0.6B…8B (weights, training
+states, activations with and without RPC) from per-token activation bytes measured on each
+size's widths.
+
+The modules share their presets, batches and selections through `minnat.bench_common`; imports
+flow one way: bench -> bench_memory, bench_lora -> bench_common.
+
 Time ratios are findings only when their repeats agree: each ratio is checked with
 `minnat.measure.ratio_spread` (≥ 3 repeats, per-repeat ratios within 10% of their median);
 otherwise it is printed as unreliable, with its spread and the remedy, never as met or missed.
@@ -78,15 +86,12 @@ average: torch's default of a thread per core collapses on a machine other jobs 
 
 Outputs in --out: bench.json (list of rows), bench.md (table), bench.png (ratios vs budget
 and vs response length); step mode writes step.json and step.md; memory mode memory.json and
-memory.md.
+memory.md; lora mode lora.json and lora.md.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import inspect
 import json
-import math
 import platform
 import random
 import statistics
@@ -100,23 +105,22 @@ from pathlib import Path
 import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import Qwen3Config
 
-from minnat.grpo import policy_loss
-from minnat.logprobs import LogprobStats, response_logprobs
-from minnat.measure import ActivationMeter, cpu_load, ratio_spread, stopwatch, synchronize
-from minnat.models import (PRESETS, QWEN3_VOCAB_SIZE, build_preset_model, build_random_model, choose_cpu_threads,
-                           preset_config, resolve_device, resolve_dtype)
-from minnat.nat import (RPC_CUT_DISTRIBUTIONS, Selection, check_budget, check_response_mask,
-                        rpc_cut_fraction_quantile, rpc_inclusion_probabilities, select_tokens,
-                        selection_from_keep)
+from minnat.bench_common import (BENCH_PRESETS, DEFAULT_OVERHEAD_TOKENS, BenchBatch,
+                                 batch_seed, build_model, describe_threads, draw_selection, make_batch,
+                                 policy_update_loss, selection_seed, stratified_rpc_selections, tensor_fingerprint,
+                                 zero_gradients)
+from minnat.bench_lora import PREDICT_PRESETS, run_lora_benchmark
+from minnat.bench_memory import run_memory_benchmark
+from minnat.logprobs import LogprobStats
+from minnat.measure import ActivationMeter, ratio_spread, stopwatch, synchronize
+from minnat.models import choose_cpu_threads, resolve_device, resolve_dtype
+from minnat.nat import RPC_CUT_DISTRIBUTIONS, Selection, check_budget
 
 # The paper's headline (arXiv 2603.06619): RPC at about half the response tokens, Qwen3-8B, on GPU.
 PAPER = {"model": "Qwen3-8B", "budget": 0.5, "time_ratio": 0.71, "peak_memory_ratio": 0.82}
 # What this benchmark is expected to show for RPC at ρ = 0.5 on a response-dominated batch (issue 4).
 RPC_TARGETS = {"flops_ratio": 0.55, "activation_ratio": 0.55, "time_ratio": 0.60}
-# response_logprobs' own default per-pass overhead, so that the benchmark measures what the trainer does.
-DEFAULT_OVERHEAD_TOKENS = inspect.signature(response_logprobs).parameters["micro_batch_overhead_tokens"].default
 CUT_SAMPLINGS = ("stratified", "independent")
 # Each ratio and the field it divides by full's on the same batch.
 RATIOS = {"time_ratio": "time_seconds", "time_ratio_best": "time_seconds_best", "flops_ratio": "flops", "activation_ratio": "activation_bytes",
@@ -148,177 +152,6 @@ def register_cpu_attention_flops() -> None:
 
 
 register_cpu_attention_flops()
-
-
-# ----------------------------------------------------------------------------- the model
-# Bodies the benchmark adds to minnat.models' presets. "small": issue 14's memory configuration, a
-# body small enough for a CPU under Qwen's vocabulary (there the LM head dominates the step).
-BENCH_ARCHITECTURES = {
-    "small": dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
-                  num_key_value_heads=4, head_dim=64, tie_word_embeddings=True, vocab_size=QWEN3_VOCAB_SIZE,
-                  max_position_embeddings=40960, rope_theta=1_000_000.0, rms_norm_eps=1e-6),
-}
-BENCH_PRESETS = PRESETS + tuple(BENCH_ARCHITECTURES)
-
-
-def bench_config(preset: str, vocab_size: int | None = None):
-    """The Qwen3Config of a preset (minnat.models' or the benchmark's own), with the vocabulary override."""
-    config = Qwen3Config(**BENCH_ARCHITECTURES[preset]) if preset in BENCH_ARCHITECTURES else preset_config(preset)
-    if vocab_size is not None:
-        config.vocab_size = vocab_size
-    return config
-
-
-def build_model(preset: str, *, vocab_size: int | None, dtype: torch.dtype, device: str,
-                gradient_checkpointing: bool, seed: int = 0):
-    """A Qwen3ForCausalLM of the preset's architecture with random weights, built on `device`, in train mode.
-
-    `minnat.models.build_preset_model` with the vocabulary override (the benchmark's own presets
-    are built the same way here). Random weights are fine: the cost of a forward/backward pass
-    does not depend on the weights' values.
-    """
-    if preset in BENCH_ARCHITECTURES:
-        model = build_random_model(Qwen3Config(**BENCH_ARCHITECTURES[preset]), dtype=dtype, device=device,
-                                   gradient_checkpointing=gradient_checkpointing, seed=seed, vocab_size=vocab_size)
-    else:
-        model = build_preset_model(preset, dtype=dtype, device=device, gradient_checkpointing=gradient_checkpointing,
-                                   seed=seed, vocab_size=vocab_size)
-    model.config.use_cache = False
-    return model.train()
-
-
-# ----------------------------------------------------------------------------- the batch
-@dataclass
-class BenchBatch:
-    """One synthetic rollout batch in `generate`'s layout (see minnat.rollout).
-
-    input_ids       long  [B, P + T]  random prompt ids, then the right-padded response (pad id 0)
-    attention_mask  long  [B, P + T]  1 on the prompt and on the L_b response tokens
-    response_mask   bool  [B, T]      the first L_b columns of row b
-    advantages      float [B]         random Â_i (a standard normal: GRPO advantages are standardised)
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    response_mask: torch.Tensor
-    advantages: torch.Tensor
-    prompt_length: int
-    response_length: int
-    seed: int
-
-    def to(self, device) -> "BenchBatch":
-        return BenchBatch(self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device),
-                          self.advantages.to(device), self.prompt_length, self.response_length, self.seed)
-
-    def rows(self, index: torch.Tensor) -> "BenchBatch":
-        return BenchBatch(self.input_ids[index], self.attention_mask[index], self.response_mask[index],
-                          self.advantages[index], self.prompt_length, self.response_length, self.seed)
-
-    def fingerprint(self) -> str:
-        """sha256 (first 16 hex digits) of every tensor's bytes: equal fingerprints = the same batch."""
-        return tensor_fingerprint(self.input_ids, self.attention_mask, self.response_mask, self.advantages)
-
-
-def tensor_fingerprint(*tensors: torch.Tensor) -> str:
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()[:16]
-
-
-def batch_seed(seed: int, response_length: int) -> int:
-    """The batch at response length T depends only on (seed, T) — never on method or budget."""
-    return seed * 1_000_003 + response_length
-
-
-def make_batch(batch_size: int, prompt_length: int, response_length: int, vocab_size: int,
-               seed: int, shortest_fraction: float = 0.5) -> BenchBatch:
-    """A batch of `batch_size` responses with L_b ~ Uniform{⌈shortest_fraction·T⌉, …, T}."""
-    if batch_size < 1 or prompt_length < 1 or response_length < 1:
-        raise ValueError(f"batch size, prompt length and response length must be at least 1; got "
-                         f"{batch_size}, {prompt_length}, {response_length}.")
-    generator = torch.Generator().manual_seed(seed)
-    shortest = max(1, math.ceil(shortest_fraction * response_length))
-    lengths = torch.randint(shortest, response_length + 1, (batch_size,), generator=generator)
-    total = prompt_length + response_length
-    input_ids = torch.randint(1, max(vocab_size, 2), (batch_size, total), generator=generator)
-    response_mask = torch.arange(response_length).unsqueeze(0) < lengths.unsqueeze(1)
-    attention_mask = torch.cat([torch.ones(batch_size, prompt_length, dtype=torch.long),
-                                response_mask.long()], dim=1)
-    input_ids = input_ids * attention_mask  # pad id 0 after each response
-    advantages = torch.randn(batch_size, generator=generator)
-    return BenchBatch(input_ids, attention_mask, response_mask, advantages, prompt_length, response_length, seed)
-
-
-def selection_seed(seed: int, draw: int) -> int:
-    """Draw d uses the same seed at every budget and response length (common random numbers)."""
-    return seed * 7919 + 104_729 * (draw + 1)
-
-
-def draw_selection(batch: BenchBatch, method: str, budget: float, seed: int,
-                   cut_distribution: str = "uniform-floor") -> Selection:
-    """One NAT draw over the batch's responses with `select_tokens` (on CPU: the same on every device)."""
-    generator = torch.Generator().manual_seed(seed)
-    return select_tokens(batch.response_mask.cpu(), method, budget if method != "full" else 1.0, generator,
-                         cut_distribution=cut_distribution)
-
-
-
-
-def stratified_rpc_selections(batch: BenchBatch, budget: float, draws: int, seed: int,
-                              cut_distribution: str = "uniform-floor") -> list[Selection]:
-    """`draws` RPC selections whose D·B cut levels are stratified, so that their average is balanced.
-
-    RPC's cost is random: three independent draws of eight cuts can keep 0.45 or 0.55 of the
-    tokens at ρ = 0.5 (and 0.20 at ρ = 0.25), which would flatter or wrong RPC by as much. Each
-    cut is C = ⌈F⁻¹(p)·L⌉ with a probability level p, and here the D × B levels are laid out in
-    two nested strata (a Latin-hypercube-style design):
-
-        p_{d,b} = (σ_b(d) + (τ_{σ_b(d)}(b) + V_{d,b}) / B) / D
-
-    σ_b a random permutation of the D draws (row b gets one level in each 1/D-wide stratum),
-    τ_k a random permutation of the B rows (within stratum k the rows take the B sub-strata),
-    V uniform. Every p_{d,b} is still exactly Uniform[0, 1), so each row's cut has exactly
-    RPC's law and π_t — hence the HT weights — are the real ones; only the joint draw is
-    balanced. At ρ = 0.5 the kept total of 3 draws × 8 rows then varies by ~1% instead of ~12%.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    mask = batch.response_mask.cpu()
-    lengths = check_response_mask(mask)
-    rows, columns = mask.shape
-    stratum = torch.stack([torch.randperm(draws, generator=generator) for _ in range(rows)], dim=1)  # σ: [D, B]
-    sub_strata = torch.stack([torch.randperm(rows, generator=generator) for _ in range(draws)])    # τ: [D, B]
-    sub_stratum = sub_strata.gather(0, stratum)  # τ_{σ_b(d)}(b)
-    jitter = torch.rand(draws, rows, generator=generator, dtype=torch.float64)
-    levels = (stratum.double() + (sub_stratum.double() + jitter) / rows) / draws
-    inclusion_prob = rpc_inclusion_probabilities(lengths, columns, budget, cut_distribution)
-    selections = []
-    for draw in range(draws):
-        fractions = rpc_cut_fraction_quantile(levels[draw], budget, cut_distribution)
-        cuts = torch.minimum(torch.ceil(fractions * lengths.to(torch.float64)).long().clamp(min=1), lengths)
-        keep = torch.arange(columns).unsqueeze(0) < cuts.unsqueeze(1)
-        selections.append(selection_from_keep(keep, inclusion_prob, "rpc", budget, cut_distribution))
-    return selections
-
-
-# ----------------------------------------------------------------------------- one policy update
-def policy_update_loss(model, batch: BenchBatch, selection: Selection, *,
-                       overhead_tokens: int = DEFAULT_OVERHEAD_TOKENS, stats: LogprobStats | None = None,
-                       loss_agg: str = "seq-mean-token-mean") -> torch.Tensor:
-    """The forward half of one on-policy GRPO update (μ = 1, old log-probs = detached current ones),
-    exactly as `minnat.train.Trainer.update` computes it. Returns the scalar loss; the caller runs backward."""
-    logprobs = response_logprobs(model, batch.input_ids, batch.attention_mask, batch.response_mask, selection,
-                                 micro_batch_overhead_tokens=overhead_tokens, stats=stats)
-    return policy_loss(logprobs, logprobs.detach(), batch.advantages, batch.response_mask,
-                       weights=selection.weights.to(logprobs.dtype), loss_agg=loss_agg,
-                       max_new_tokens=batch.response_length)
-
-
-def zero_gradients(model) -> None:
-    for parameter in model.parameters():
-        parameter.grad = None
 
 
 def count_step(model, batch: BenchBatch, selection: Selection, **options) -> dict:
@@ -648,20 +481,6 @@ def write_plot(rows: list[dict], path: Path, title: str) -> bool:
     return True
 
 
-def describe_threads(options) -> str:
-    """The thread count and the machine's load, stated in every report (time ratios depend on both)."""
-    load, cores = cpu_load()
-    threads = getattr(options, "threads", torch.get_num_threads())
-    text = f"{threads} CPU thread{'s' if threads != 1 else ''}"
-    if getattr(options, "threads_reason", None):
-        text += f" — {options.threads_reason}"
-    if load is not None:
-        text += f", load average {load:.1f} on {cores} cores at the start"
-        if load > cores - 0.5:
-            text += " — a busy machine: expect noisy times"
-    return text
-
-
 def describe_run(options, model, dtype, device) -> str:
     parameters = sum(p.numel() for p in model.parameters())
     config = model.config
@@ -876,11 +695,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m minnat.bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = parser.add_argument
-    add("--mode", choices=("update", "step", "memory", "verl"), default="update",
+    add("--mode", choices=("update", "step", "memory", "lora", "verl"), default="update",
         help="update: the policy-update step alone (default); step: whole trainer steps, rollout + update; "
              "memory: the update step's peak memory per configuration in fresh processes, minnat vs stock TRL "
-             "(minnat.bench_memory); verl: one actor update through verl's FSDP2 engine on CPU, stock vs RPC "
-             "(minnat.bench_verl; needs minnat[verl])")
+             "(minnat.bench_memory); lora: full / URS / RPC with every weight and with LoRA, measured, and the "
+             "predicted one-GPU budget of Qwen3-0.6B…8B (minnat.bench_lora); verl: one actor update through "
+             "verl's FSDP2 engine on CPU, stock vs RPC (minnat.bench_verl; needs minnat[verl])")
     add("--preset", choices=BENCH_PRESETS, default="tiny",
         help="model architecture with random weights: the embedded tiny Qwen3, a Qwen3 size, or 'small' (4 layers, "
              "hidden 512: the memory configuration) (update and memory modes)")
@@ -920,6 +740,19 @@ def build_parser() -> argparse.ArgumentParser:
              "one thread per core collapses when other processes hold cores. 0 = auto: the cores the load "
              "average leaves free")
     add("--out", default=None, help="output folder (default: a new folder runs/bench-<time>)")
+    # lora mode
+    add("--lora-rank", type=int, default=16, help="lora mode: the adapters' rank r")
+    add("--predict-presets", type=comma_list(str, "--predict-presets"), default=list(PREDICT_PRESETS),
+        help="lora mode: the Qwen3 sizes whose GPU budget is predicted (their per-token activation bytes are "
+             "measured on 1- and 2-layer bodies of their widths)")
+    add("--predict-rows", type=int, default=16, help="lora mode: rows per backward pass in the prediction "
+                                                      "(the trainer's --update-micro-batch-rows)")
+    add("--predict-prompt-length", type=int, default=256, help="lora mode: prompt tokens per row in the prediction")
+    add("--predict-response-length", type=int, default=1024,
+        help="lora mode: response tokens per row in the prediction (every row full length: the worst case)")
+    add("--predict-dtype", default="bfloat16", choices=("bfloat16", "float32"),
+        help="lora mode: the dtype the per-token activation bytes are measured in (a GPU run's: bfloat16)")
+    add("--skip-measured", action="store_true", help="lora mode: only the prediction (parts 2 and 3)")
     # step mode
     add("--model", default="embedded", help="step mode: the model the trainer loads (default: the embedded one)")
     add("--task", default=None, help="step mode: long-addition (embedded; default: the trainer's), arithmetic or gsm8k")
@@ -939,16 +772,23 @@ def check_options(options) -> None:
     if getattr(options, "task", None) is None:
         options.task = trainer_defaults.task
     if options.batch_size is None:
-        options.batch_size = 8 if options.mode in ("update", "memory", "verl") else trainer_defaults.batch_size
+        options.batch_size = 8 if options.mode in ("update", "memory", "lora", "verl") else trainer_defaults.batch_size
     if options.group_size is None:
         options.group_size = trainer_defaults.group_size
     if options.max_new_tokens is None:
         options.max_new_tokens = trainer_defaults.max_new_tokens
     if options.mode == "memory" and options.repeats < 0:
         raise ValueError(f"--repeats must be ≥ 0 in memory mode (0 = memory only, no timing); got {options.repeats}.")
-    if options.mode == "memory" and len(options.response_lengths) != 1:
-        raise ValueError(f"memory mode measures one response length; give one --response-lengths value, got "
+    if options.mode in ("memory", "lora") and len(options.response_lengths) != 1:
+        raise ValueError(f"{options.mode} mode measures one response length; give one --response-lengths value, got "
                          f"{options.response_lengths}.")
+    if options.mode == "lora":
+        unknown = [preset for preset in options.predict_presets if preset not in PREDICT_PRESETS]
+        if unknown:
+            raise ValueError(f"unknown --predict-presets {unknown}; choose from {', '.join(PREDICT_PRESETS)}.")
+        for name in ("lora_rank", "predict_rows", "predict_prompt_length", "predict_response_length"):
+            if getattr(options, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(options, name)}.")
     if not 0 < options.shortest_response <= 1:
         raise ValueError(f"--shortest-response must be a fraction in (0, 1]; got {options.shortest_response}.")
     unknown = [engine for engine in options.engines if engine not in ("minnat", "trl", "trl+nat", "head")]
@@ -956,7 +796,7 @@ def check_options(options) -> None:
         raise ValueError(f"unknown --engines {unknown}; choose from minnat, trl, trl+nat, head.")
     for name in ("batch_size", "prompt_length", "draws", "repeats", "steps", "group_size", "max_new_tokens",
                  "num_eval"):
-        if name == "repeats" and options.mode == "memory":
+        if name == "repeats" and options.mode in ("memory", "lora"):
             continue
         if getattr(options, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(options, name)}.")
@@ -974,11 +814,11 @@ def main(argv=None) -> int:
     parser = build_parser()
     options = parser.parse_args(argv)
     given = argv if argv is not None else sys.argv[1:]
-    if options.mode in ("step", "memory", "verl") and "--budgets" not in given:
+    if options.mode in ("step", "memory", "lora", "verl") and "--budgets" not in given:
         options.budgets = [0.5]
     if options.mode == "verl" and "--response-lengths" not in given:
         options.response_lengths = [256]
-    if options.mode == "memory":
+    if options.mode in ("memory", "lora"):
         if "--response-lengths" not in given:
             options.response_lengths = [256]
         if "--repeats" not in given:
@@ -1001,9 +841,9 @@ def main(argv=None) -> int:
         if options.mode == "update":
             run_update_benchmark(options)
         elif options.mode == "memory":
-            from minnat.bench_memory import run_memory_benchmark
-
             run_memory_benchmark(options)
+        elif options.mode == "lora":
+            run_lora_benchmark(options)
         elif options.mode == "verl":
             from minnat.bench_verl import run_verl_benchmark
 

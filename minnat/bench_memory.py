@@ -56,8 +56,9 @@ from pathlib import Path
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from minnat.bench import (batch_seed, bench_config, build_model, describe_threads, draw_selection, make_batch,
-                          policy_update_loss, selection_seed, stratified_rpc_selections, zero_gradients)
+from minnat.bench_common import (batch_seed, bench_config, build_model, describe_threads, draw_selection,
+                                 make_batch, policy_update_loss, selection_seed, stratified_rpc_selections,
+                                 zero_gradients)
 from minnat.logprobs import score_positions
 from minnat.measure import ActivationMeter, PeakRSS, ratio_spread, stopwatch, synchronize
 
@@ -185,10 +186,20 @@ def build_forward(case: dict, model, batch, spec: dict):
     return lambda: trainer._compute_loss(trainer.model, inputs)
 
 
-def build_setup(spec: dict):
-    """The model and the batch every configuration shares (same seeds: byte-identical in every process)."""
-    model = build_model(spec["preset"], vocab_size=spec["vocab_size"], dtype=torch.float32, device=spec["device"],
-                        gradient_checkpointing=False, seed=spec["seed"])
+def build_setup(spec: dict, lora_rank: int = 0):
+    """The model and the batch every configuration shares (same seeds: byte-identical in every process).
+
+    spec may also set "dtype" (default float32) and "gradient_checkpointing" (default False); with
+    lora_rank > 0 the model gets fresh LoRA adapters on every decoder linear layer (`minnat.lora`),
+    as `python -m minnat.bench --mode lora` measures."""
+    model = build_model(spec["preset"], vocab_size=spec["vocab_size"], dtype=getattr(torch, spec.get("dtype", "float32")),
+                        device=spec["device"], gradient_checkpointing=spec.get("gradient_checkpointing", False),
+                        seed=spec["seed"])
+    if lora_rank:
+        from minnat.lora import add_lora
+
+        torch.manual_seed(spec["seed"])
+        model = add_lora(model, lora_rank).train()
     batch = make_batch(spec["batch_size"], spec["prompt_length"], spec["response_length"], model.config.vocab_size,
                        batch_seed(spec["seed"], spec["response_length"]), spec["shortest_response"])
     return model, batch.to(spec["device"])
@@ -213,7 +224,7 @@ def measure_in_this_process(spec: dict) -> dict:
     """The memory figures of spec["case"] (the worker side: call it in a fresh process)."""
     torch.set_num_threads(spec["threads"])
     device = spec["device"]
-    model, batch = build_setup(spec)
+    model, batch = build_setup(spec, spec["case"].get("lora_rank", 0))
     forward = build_forward(spec["case"], model, batch, spec)
     run_step(forward, model)  # warm-up: lazy initialisation is not the step's cost
     gc.collect()

@@ -221,7 +221,7 @@ def run_verl_benchmark(options, log=print) -> list[dict]:
     import tempfile
     from pathlib import Path
 
-    from minnat.bench import build_model
+    from minnat.bench_common import build_model
 
     install_cpu_platform()
     init_process_group()

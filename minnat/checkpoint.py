@@ -6,7 +6,9 @@ A run folder looks like
       config.json              the TrainConfig of the run
       metrics.jsonl            one JSON object per step, each written with a single write()
       samples.jsonl            sampled completions with their rewards
-      checkpoints/step-000040/ model + tokenizer (save_pretrained, safetensors) and trainer_state.pt
+      checkpoints/step-000040/ model + tokenizer (save_pretrained, safetensors) and trainer_state.pt;
+                               with LoRA the adapter only (adapter_model.safetensors, adapter_config.json)
+                               and minnat_base_model.json naming the base model (minnat.lora)
       checkpoints/latest       the name of the newest complete checkpoint
       summary.json             written at the end
 
@@ -111,8 +113,12 @@ def restore_rng_state(state: dict, selection_generator: torch.Generator) -> None
     random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict) -> Path:
-    """Write checkpoints/step-NNNNNN atomically, point `latest` at it, and prune old ones."""
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict,
+                    extra_files: dict[str, str] | None = None) -> Path:
+    """Write checkpoints/step-NNNNNN atomically, point `latest` at it, and prune old ones.
+
+    `model.save_pretrained` writes what the model is: the full weights, or a peft model's adapter
+    alone. `extra_files` ({name: text}) are written beside them (LoRA: minnat_base_model.json)."""
     checkpoints = Path(run_dir) / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     final = checkpoints / f"step-{step:06d}"
@@ -121,6 +127,8 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
         model.save_pretrained(temporary, safe_serialization=True)
         tokenizer.save_pretrained(temporary)
         torch.save(trainer_state, temporary / "trainer_state.pt")
+        for name, text in (extra_files or {}).items():
+            (temporary / name).write_text(text)
         for file in temporary.iterdir():  # make the bytes durable before the rename publishes them
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())

@@ -7,7 +7,9 @@ default and the Qwen3 family). Three ways in:
   on the run's task: `tiny-qwen3-long/` for "long-addition", `tiny-qwen3-late-credit/` for
   "late-credit", `tiny-qwen3/` for "arithmetic"
   (and for any other task). Made by `scripts/make_tiny_model.py`. No network, runs on CPU.
-* a folder — a checkpoint written by the trainer (`save_pretrained`) or any local HF model.
+* a folder — a checkpoint written by the trainer (`save_pretrained`) or any local HF model; a LoRA
+  checkpoint (an adapter and the name of its base model, `minnat.lora`) loads its base and merges
+  the adapter into it, or keeps it trainable (`keep_adapter=True`, how the trainer resumes).
 * a hub id such as "Qwen/Qwen3-0.6B" — loaded from the local Hugging Face cache or the hub.
 
 For safety, weights are read from safetensors only (no pickle) and `trust_remote_code`
@@ -26,6 +28,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen3C
 from transformers.utils import logging as transformers_logging
 
 from minnat.assets import EMBEDDED_MODEL_DIRS, TINY_QWEN3_DIR
+from minnat.lora import attach_saved_adapter, is_lora_checkpoint, read_base_model
 
 # transformers draws a tqdm bar for every model load and save ("Loading weights", "Writing model
 # shards"); for a 2-layer model they are noise that breaks into the trainer's own progress bar and
@@ -150,6 +153,8 @@ ARCHITECTURE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_at
 def architecture(name_or_path: str, task: str | None = None) -> dict | None:
     """The fields that make two checkpoints interchangeable, read without network; None if unknown here."""
     location = model_location(name_or_path, task)
+    if Path(location).is_dir() and is_lora_checkpoint(location):  # an adapter has its base's architecture
+        return architecture(*read_base_model(location))
     config_file = Path(location) / "config.json"
     if not config_file.is_file():
         try:
@@ -174,15 +179,20 @@ def load_tokenizer(name_or_path: str, task: str | None = None):
 
 
 def load_model(name_or_path: str = EMBEDDED_MODEL, *, dtype: str | torch.dtype = "auto", device: str = "cpu",
-               gradient_checkpointing: bool = False, task: str | None = None):
+               gradient_checkpointing: bool = False, task: str | None = None, keep_adapter: bool = False):
     """(model, tokenizer) for "embedded" (the one made for `task`), a local folder, or a hub id —
     with clear errors offline.
 
     The model comes back in train mode on `device`; bf16 on CUDA and float32 on CPU by default.
+    A LoRA checkpoint folder comes back merged into a plain model (W + (α/r)·BA), or with
+    `keep_adapter=True` as a peft.PeftModel whose adapter trains (the trainer's resume).
     """
     location = model_location(name_or_path, task)
     torch_dtype = resolve_dtype(dtype, device)
     is_folder = Path(location).is_dir()
+    if is_folder and is_lora_checkpoint(location):
+        return load_lora_checkpoint(Path(location), dtype=dtype, device=device,
+                                    gradient_checkpointing=gradient_checkpointing, keep_adapter=keep_adapter)
     if is_folder:
         check_checkpoint_folder(Path(location))
     elif location.startswith((".", "/", "~")) or location.count("/") > 1:  # a path, not an "org/name" id
@@ -211,6 +221,23 @@ def load_model(name_or_path: str = EMBEDDED_MODEL, *, dtype: str | torch.dtype =
         model.config.pad_token_id = tokenizer.pad_token_id
     if gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    return model.to(device), tokenizer
+
+
+def load_lora_checkpoint(folder: Path, *, dtype, device: str, gradient_checkpointing: bool, keep_adapter: bool):
+    """A LoRA checkpoint: the base model it names (minnat_base_model.json) plus its saved adapter."""
+    base_name, base_task = read_base_model(folder)
+    try:
+        model, tokenizer = load_model(base_name, dtype=dtype, device=device, task=base_task,
+                                      gradient_checkpointing=gradient_checkpointing)
+    except ValueError as error:
+        raise ValueError(f"the LoRA checkpoint {folder} adapts the base model {base_name!r}, which could not be "
+                         f"loaded: {error}") from error
+    if any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        tokenizer = load_tokenizer(str(folder))  # the trainer saves the run's tokenizer with every checkpoint
+    model = attach_saved_adapter(model, folder, trainable=keep_adapter)
+    if not keep_adapter:
+        model = model.merge_and_unload()  # a plain causal LM: the explorer and evaluation need nothing else
     return model.to(device), tokenizer
 
 

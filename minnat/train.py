@@ -19,7 +19,9 @@ With no arguments it trains the embedded tiny Qwen3 on the embedded long-answer 
 ("long-addition", ~250-token answers) with RPC at ρ = 0.5 on CPU and prints what changed,
 including the tokens it gave the model against what full-token GRPO would have on the same
 batches. `--task arithmetic` is the short embedded task; `--model Qwen/Qwen3-0.6B --task gsm8k`
-runs a real model on one GPU through the same code.
+runs a real model on one GPU through the same code, and `--lora-rank R` trains LoRA adapters
+(peft) instead of every weight, for Qwen3-4B/8B on one GPU (`minnat.lora`; with a KL, the
+reference is the base model with the adapters switched off: no second copy of the weights).
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ import torch
 from tqdm.auto import tqdm
 
 from minnat import checkpoint as ckpt
+from minnat import lora
 from minnat.grpo import ADVANTAGE_SCALES, LOSS_AGGREGATIONS, aggregation_share, group_advantages, policy_loss
 from minnat.logprobs import LogprobStats, planned_tokens_to_model, response_logprobs
 from minnat.measure import ActivationMeter, stopwatch
@@ -129,6 +132,16 @@ class TrainConfig:
     device: str = option("auto", "cpu, cuda, or auto")
     dtype: str = option("auto", "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     gradient_checkpointing: bool = option(False, "recompute activations in backward (saves memory)")
+    # LoRA (peft, pip install "minnat[lora]")
+    lora_rank: int = option(0, "LoRA rank r: train rank-r adapters (W + (α/r)·BA) instead of every weight; the "
+                               "KL's reference is then the base with the adapters off (0 = full fine-tuning, "
+                               "default)")
+    lora_alpha: float | None = option(None, "LoRA scale α (the update is (α/r)·BA); default 2 × --lora-rank")
+    lora_targets: str = option(lora.ALL_LINEAR, "modules that get adapters: 'all-linear' (every decoder linear "
+                                                "layer, never the LM head) or names such as q_proj,k_proj,v_proj,"
+                                                "o_proj (default: all-linear)")
+    lora_dropout: float = option(0.0, "dropout on the adapters' input (0 keeps the update exactly NAT's "
+                                      "estimator of the full-token gradient)")
     num_threads: int = option(0, "CPU threads for torch; 0 = auto: the cores the load average leaves free "
                                  "(default)")
 
@@ -164,6 +177,25 @@ class TrainConfig:
             raise ValueError(f"temperature must be > 0; got {self.temperature}.")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1]; got {self.top_p}.")
+        self.validate_lora()
+
+    def validate_lora(self) -> None:
+        if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be a whole number ≥ 0 (0 = full fine-tuning); got {self.lora_rank!r}.")
+        if not self.lora_rank:
+            given = [flag for flag, value, default in (("--lora-alpha", self.lora_alpha, None),
+                                                       ("--lora-targets", self.lora_targets, lora.ALL_LINEAR),
+                                                       ("--lora-dropout", self.lora_dropout, 0.0)) if value != default]
+            if given:
+                raise ValueError(f"{', '.join(given)} set without --lora-rank: give the adapters a rank, e.g. "
+                                 "--lora-rank 16, or drop those flags to train every weight.")
+            return
+        lora.require_peft()
+        lora.parse_targets(self.lora_targets)
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            raise ValueError(f"lora_alpha must be > 0; got {self.lora_alpha}.")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1); got {self.lora_dropout}.")
 
 
 def parse_args(argv=None) -> TrainConfig:
@@ -239,14 +271,24 @@ class Trainer:
             self.check_same_architecture(resume_from)
         self.model, self.tokenizer = load_model(str(resume_from) if resume_from else config.model, dtype=config.dtype,
                                                 device=self.device, task=config.task,
-                                                gradient_checkpointing=config.gradient_checkpointing)
+                                                gradient_checkpointing=config.gradient_checkpointing,
+                                                keep_adapter=bool(config.lora_rank) and resume_from is not None)
+        if config.lora_rank and resume_from is not None and not lora.is_lora_model(self.model):
+            raise ValueError(f"cannot resume {self.run_dir} with LoRA: its checkpoint {resume_from} holds full "
+                             "weights, not an adapter. Resume it without LoRA, or start a new run with --out.")
+        if config.lora_rank and resume_from is None:
+            torch.manual_seed(config.seed)  # A's random init is part of the run: the same seed, the same adapters
+            self.model = lora.add_lora(self.model, config.lora_rank, config.lora_alpha, config.lora_targets,
+                                       config.lora_dropout)
         self.reference_model = None
-        if config.kl_coef > 0:  # the frozen reference is only needed for the KL term
+        if config.kl_coef > 0 and not config.lora_rank:  # the frozen reference is only needed for the KL term;
+            # with LoRA it is the base model itself, adapters off (`reference_logprobs`)
             self.reference_model, _ = load_model(config.model, dtype=config.dtype, device=self.device,
                                                  task=config.task)
             self.reference_model.eval().requires_grad_(False)
 
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
+        # Under LoRA only the adapters require gradients; without it this is every parameter, as before.
+        self.optimizer = torch.optim.AdamW(lora.trainable_parameters(self.model), lr=config.learning_rate,
                                            weight_decay=config.weight_decay, betas=(0.9, 0.99))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: self.learning_rate_factor(step))
         self.selection_generator = torch.Generator().manual_seed(config.seed + 1)
@@ -409,10 +451,9 @@ class Trainer:
                 old_logprobs = response_logprobs(model, input_ids, attention_mask, response_mask, selection,
                                                  **logprob_options)
         reference_logprobs = None
-        if self.reference_model is not None:
-            with torch.no_grad():
-                reference_logprobs = response_logprobs(self.reference_model, input_ids, attention_mask,
-                                                       response_mask, selection, **logprob_options)
+        if config.kl_coef > 0:
+            reference_logprobs = self.reference_logprobs(input_ids, attention_mask, response_mask, selection,
+                                                         logprob_options)
 
         chunk_rows = config.update_micro_batch_rows or input_ids.shape[0]
         chunks = [torch.arange(start, min(start + chunk_rows, input_ids.shape[0]), device=device)
@@ -474,6 +515,17 @@ class Trainer:
             "learning_rate": learning_rate,
         }
 
+    @torch.no_grad()
+    def reference_logprobs(self, input_ids, attention_mask, response_mask, selection, logprob_options):
+        """log π_ref at the kept tokens: the frozen copy loaded for the KL, or under LoRA the base model
+        itself with the adapters switched off (the policy at step 0, since B = 0 there)."""
+        if self.reference_model is not None:
+            return response_logprobs(self.reference_model, input_ids, attention_mask, response_mask, selection,
+                                     **logprob_options)
+        with lora.adapters_disabled(self.model):
+            return response_logprobs(self.model, input_ids, attention_mask, response_mask, selection,
+                                     **logprob_options)
+
     # ----------------------------------------------------------------- checkpoints
     def trainer_state(self) -> dict:
         return {"step": self.step, "optimizer": self.optimizer.state_dict(),
@@ -483,7 +535,10 @@ class Trainer:
 
     def save(self) -> None:
         try:
-            ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.tokenizer, self.trainer_state())
+            extra = {lora.BASE_MODEL_FILE: lora.base_model_record(self.config.model, self.config.task)} \
+                if self.config.lora_rank else None
+            ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.tokenizer, self.trainer_state(),
+                                 extra_files=extra)
         except OSError as error:
             last = ckpt.latest_checkpoint(self.run_dir)
             raise ValueError(f"could not write a checkpoint to {self.run_dir}: {error.strerror or error}. Free disk "
@@ -589,7 +644,9 @@ class Trainer:
             "skipped_steps": self.totals["skipped_steps"],
             "steps_without_signal": self.totals["steps_without_signal"],
             "output_dir": str(self.run_dir),
-        }
+        } | ({"lora_rank": config.lora_rank,
+              "trainable_parameters": sum(p.numel() for p in lora.trainable_parameters(self.model)),
+              "parameters": sum(p.numel() for p in self.model.parameters())} if config.lora_rank else {})
 
 
 def method_label(method: str, budget: float, ascii: bool = False) -> str:

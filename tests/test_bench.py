@@ -216,6 +216,7 @@ def test_gpu_script_runs_end_to_end_in_its_tiny_cpu_rehearsal(tmp_path):
     assert "qwen3-0.6b OK" in (out / "summary.txt").read_text()
     assert "no-such-preset FAILED" in (out / "summary.txt").read_text()
     assert "no-such-preset" in result.stdout
+    assert (out / "lora-qwen3-0.6b" / "lora.json").exists() and "lora qwen3-0.6b OK" in (out / "summary.txt").read_text()
 
 
 @pytest.mark.parametrize("cut_distribution", ["uniform-floor", "power"])

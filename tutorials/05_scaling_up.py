@@ -27,7 +27,9 @@
 #    from a small measurement on this machine;
 # 4. a **CPU-sized rehearsal** of the same command: the GSM8K code path end to end, offline;
 # 5. how to carry the estimator into an **existing trainer** (TRL- or verl-style): a generic
-#    `compute_loss` with the three lines NAT adds, checked against `minnat.grpo.policy_loss`.
+#    `compute_loss` with the three lines NAT adds, checked against `minnat.grpo.policy_loss`;
+# 6. **Qwen3-4B and 8B on one GPU with LoRA**: the commands, and the memory predicted for each
+#    size with and without RPC, from `python -m minnat.bench --mode lora`.
 #
 # On a machine without a GPU or network (like the CI that executes this notebook) every step
 # runs in its CPU-sized form.
@@ -494,6 +496,113 @@ assert errors[-1] < 0.5 * typical_single, "averaging unbiased draws converges to
 # cut length before splitting the batch into micro-batches and slice each at its own longest
 # cut — what `minnat.logprobs.response_logprobs` does (`plan_micro_batches`).
 #
+# ## 6. Bigger Qwen3 on one GPU: LoRA
+#
+# Training every weight of Qwen3-8B needs 8 bytes per parameter in minnat's bf16 trainer (weight,
+# gradient, two AdamW moments; 16 in mixed precision) — 66 GB before one activation. With LoRA
+# (`--lora-rank R`, peft: `pip install "minnat[lora]"`) the base weights are frozen and only small
+# adapters A, B train (W + (α/r)·BA on every decoder linear layer); the KL's reference is the
+# base model with the adapters switched off, so no second copy is loaded. NAT composes with it
+# unchanged — it chooses tokens, LoRA chooses parameters (`tests/test_lora.py` checks by
+# enumeration that the NAT gradient on the adapters averages exactly to full GRPO's).
+#
+# ```bash
+# pip install "minnat[lora]"
+# # Qwen3-8B, RPC at ρ = 0.5, LoRA rank 16, on one 80 GB GPU
+# python -m minnat.train --model Qwen/Qwen3-8B --task gsm8k --device cuda --gradient-checkpointing \
+#     --lora-rank 16 --lora-alpha 32 --method rpc --budget 0.5 --steps 200 --batch-size 64 --group-size 8 \
+#     --max-new-tokens 1024 --learning-rate 1e-5 --warmup-steps 10 --update-micro-batch-rows 16 \
+#     --eval-every 25 --num-eval 200 --eval-batch-size 100 --out runs/qwen3-8b-gsm8k-lora-rpc
+# # Qwen3-4B: the same with --model Qwen/Qwen3-4B
+# ```
+#
+# LoRA wants a larger learning rate than full fine-tuning (1e-5 here against 1e-6; tune it).
+# The checkpoints hold the adapter only (~0.2 GB for 8B at rank 16) and the name of the base;
+# `--resume` continues exactly, and `python app.py` or `load_model(checkpoint)` loads the merged model.
+#
+# **The memory to expect.** `python -m minnat.bench --mode lora` measures the bytes autograd saves
+# per token on each size's real widths (a 1- and a 2-layer body in bf16, with and without LoRA and
+# gradient checkpointing) and adds weights and training states. The committed run predicts one
+# backward pass of 16 rows × (256 prompt + 1024 response tokens):
+
+# %%
+def load_lora_budget(root: pathlib.Path):
+    """(folder, rows of the predicted budget) of the newest committed `--mode lora` result, or (None, [])."""
+    found = sorted(root.glob("**/lora.json"))
+    if not found:
+        return None, []
+    result = json.loads(found[-1].read_text())
+    return str(found[-1].parent.relative_to(root)), result["predicted_budget"]
+
+
+lora_folder, budget_rows = load_lora_budget(results_root)
+print(f"bench/results/{lora_folder}/lora.md" if lora_folder else "no `--mode lora` result committed yet")
+print(f"{'preset':12s}{'training':14s}{'weights+states':>16s}{'full, GC':>11s}{'RPC, GC':>10s}{'full, no GC':>13s}"
+      f"{'RPC, no GC':>12s}   (totals in GB)")
+for row in budget_rows:
+    static = (row["weights_bytes"] + row["states_bytes"]) / 1e9
+    print(f"{row['preset']:12s}{'every weight' if row['training'] == 'full_ft' else 'LoRA':14s}{static:16.1f}"
+          f"{row['total_bytes_full_gc'] / 1e9:11.1f}{row['total_bytes_rpc_gc'] / 1e9:10.1f}"
+          f"{row['total_bytes_full'] / 1e9:13.1f}{row['total_bytes_rpc'] / 1e9:12.1f}")
+by_key = {(row["preset"], row["training"]): row for row in budget_rows}
+if by_key:
+    eight_lora, eight_full = by_key[("qwen3-8b", "lora")], by_key[("qwen3-8b", "full_ft")]
+    assert eight_lora["total_bytes_rpc_gc"] < 0.9 * 80e9 < eight_full["total_bytes_full_gc"]  # LoRA fits 80 GB, full does not
+    assert eight_lora["activation_bytes_rpc"] < 0.65 * eight_lora["activation_bytes_full"]    # RPC cuts the activations
+
+# %% [markdown]
+# Reading it (GC = `--gradient-checkpointing`):
+#
+# * **Every weight** of 8B needs 66 GB of weights and states alone; with checkpointing the total
+#   is ~77 GB for full-token GRPO — over 90% of an 80 GB card, inside a 141 GB one.
+# * **LoRA** brings 8B's static memory to ~17 GB, so the activations decide: with checkpointing
+#   ~30 GB (full-token) or ~25 GB (RPC) — one 80 GB GPU, with room for longer answers or more rows
+#   per pass. Without checkpointing the activations of 16 × 1280 tokens (218 GB full-token, 131 GB
+#   RPC) fit no single card: there RPC's ρ = 0.5 is worth 40% of the update's memory.
+# * LoRA's activations are *larger* per token than full fine-tuning's (289 against 210 KiB per
+#   token and layer for 8B without checkpointing): peft keeps the adapters in float32, and each
+#   adapted layer saves a float32 copy of its input for backward. With checkpointing that cost is
+#   confined to the one layer being recomputed.
+# * Not in these totals: the rollout's KV cache (HF `generate`; 64 × 1280 tokens of Qwen3-8B is
+#   below, freed before the update), and, when every weight trains with `--kl-coef` > 0, a second
+#   bf16 copy of the model for the reference (LoRA needs none).
+#
+# The numbers are predictions from saved-tensor counts on a CPU; `bash bench/run_gpu.sh` runs
+# the same mode on a GPU and measures the peak with `torch.cuda.max_memory_allocated`.
+
+# %%
+config_8b = preset_config("qwen3-8b")
+kv_bytes_per_token = 2 * config_8b.num_hidden_layers * config_8b.num_key_value_heads * config_8b.head_dim * 2   # K and V, bf16
+print(f"rollout KV cache, Qwen3-8B, 64 × (256 + 1024) tokens: {64 * 1280 * kv_bytes_per_token / 1e9:.1f} GB")
+
+# The same flags, checked against the trainer's parser (the CPU-sized rehearsal just below runs them).
+lora_argv = ["--model", "Qwen/Qwen3-8B", "--task", "gsm8k", "--device", "cuda", "--gradient-checkpointing",
+             "--lora-rank", "16", "--lora-alpha", "32", "--method", "rpc", "--budget", "0.5", "--steps", "200",
+             "--batch-size", "64", "--group-size", "8", "--max-new-tokens", "1024", "--learning-rate", "1e-5",
+             "--warmup-steps", "10", "--update-micro-batch-rows", "16", "--eval-every", "25", "--num-eval", "200",
+             "--eval-batch-size", "100", "--out", "runs/qwen3-8b-gsm8k-lora-rpc"]
+lora_config = parse_args(lora_argv)
+assert (lora_config.lora_rank, lora_config.lora_alpha, lora_config.lora_targets) == (16, 32.0, "all-linear")
+
+# %% [markdown]
+# **The CPU rehearsal with LoRA**: two steps of the embedded model with rank-4 adapters and a KL
+# to the base, then the checkpoint — an adapter, not a model — loaded back merged.
+
+# %%
+lora_run = WORK / "runs" / "lora-rpc-cpu"
+rehearsal = ["--task", "arithmetic", "--lora-rank", "4", "--kl-coef", "0.05", "--steps", "2", "--batch-size", "8",
+             "--group-size", "4", "--max-new-tokens", "72", "--num-eval", "4", "--eval-batch-size", "4",
+             "--num-threads", "1", "--out", str(lora_run)]
+with contextlib.redirect_stderr(io.StringIO()):
+    assert main(rehearsal) == 0
+lora_summary = json.loads((lora_run / "summary.json").read_text())
+checkpoint = lora_run / "checkpoints" / "step-000002"
+print(f"trainable parameters: {lora_summary['trainable_parameters']:,} of {lora_summary['parameters']:,}; "
+      f"checkpoint files: {sorted(p.name for p in checkpoint.iterdir())}")
+merged_model, _ = load_model(str(checkpoint))
+assert not (checkpoint / "model.safetensors").exists() and count_parameters(merged_model) < lora_summary["parameters"]
+
+# %% [markdown]
 # ## Summary
 #
 # * Qwen3-0.6B: 596M parameters (a quarter of them the 151 936 × 1024 embedding), ~4.4 GiB of
@@ -502,6 +611,9 @@ assert errors[-1] < 0.5 * typical_single, "averaging unbiased draws converges to
 #   is the whole recipe; the CPU rehearsal runs the same code offline.
 # * Carrying NAT into another trainer is three lines — select, (RPC) slice, weight — plus the
 #   discipline of leaving the normaliser alone.
+# * Qwen3-4B/8B on one GPU: `--lora-rank 16 --gradient-checkpointing`; LoRA removes the weights'
+#   states, RPC then cuts the activations that are left (predicted for 8B: ~30 GB full-token, ~25 GB
+#   RPC at 16 × 1280 tokens per pass, against ~77 GB when every weight trains).
 
 # %%
 import shutil

@@ -64,6 +64,11 @@ FSDP is refused for now: `response_logprobs` calls the decoder and the head dire
 the FSDP root module's forward that unshards the root's own parameters (embeddings, final norm,
 head).
 
+LoRA: TRL's own `peft_config` argument works unchanged (TRL wraps the model in peft adapters; the
+decoder's adapters run inside `response_logprobs`, and with β > 0 TRL scores the reference with the
+adapters disabled, through the same NAT path). An adapter on the LM head is refused: minnat's
+tiled head reads the head's weight directly. Tested on CPU in tests/test_lora.py.
+
 `task_dataset` and `task_reward` turn a minnat task into TRL's dataset and reward function. Two
 helpers build what `minnat.bench` needs to time TRL's update step without a dataset:
 `build_trainer_for_loss` and `trl_inputs_from_generate_batch`.
@@ -187,6 +192,13 @@ def unsupported_model(trainer: GRPOTrainer) -> list[str]:
         if getattr(text_config, name, None) not in (None, 1.0):
             problems.append(f"the model's config sets {name}={getattr(text_config, name)!r}, which minnat's LM "
                             "head does not apply, so its log-probs would differ from TRL's. Use trl.GRPOTrainer.")
+    # LoRA (TRL's peft_config): the decoder's adapters are seen as usual, but minnat's tiled head reads the head's
+    # weight directly, so an adapter on the head (target_modules including lm_head) would be skipped.
+    head = trainer.accelerator.unwrap_model(trainer.model).get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):
+        problems.append(f"the LM head is a {type(head).__name__}, not a torch.nn.Linear (a LoRA adapter on lm_head?): "
+                        "minnat's tiled head reads its weight directly and would skip the adapter. Leave lm_head out "
+                        "of the peft config's target_modules (target_modules='all-linear' already does).")
     return problems
 
 
@@ -476,10 +488,11 @@ def _no_reward(completions, **kwargs):
 
 
 def build_trainer_for_loss(model, tokenizer, *, nat_method: str | None = "rpc", nat_budget: float = 0.5,
-                           nat_cut_distribution: str = "uniform-floor", **config) -> GRPOTrainer:
+                           nat_cut_distribution: str = "uniform-floor", peft_config=None, **config) -> GRPOTrainer:
     """A trainer around `model` with no real dataset, ready for direct `trainer._compute_loss(model, inputs)`.
 
     nat_method   None: stock `trl.GRPOTrainer`; "full" / "urs" / "rpc": a `NATGRPOTrainer`
+    peft_config  a peft.LoraConfig: TRL wraps `model` in adapters (in place) and trains those only
     config       any GRPOConfig field, e.g. loss_type="grpo", beta=0.04, max_completion_length=T
                  (dr_grpo divides by it), epsilon=0.2. Defaults: no gradient checkpointing, no bf16
                  autocast unless the model is bfloat16, CPU when the model is on CPU, no logging.
@@ -501,12 +514,12 @@ def build_trainer_for_loss(model, tokenizer, *, nat_method: str | None = "rpc", 
     dataset = Dataset.from_dict({"prompt": ["0"] * settings["per_device_train_batch_size"]})
     if nat_method is None:
         trainer = GRPOTrainer(model=model, reward_funcs=_no_reward, args=GRPOConfig(**settings),
-                              train_dataset=dataset, processing_class=tokenizer)
+                              train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
     else:
         args = NATGRPOConfig(nat_method=nat_method, nat_budget=nat_budget,
                              nat_cut_distribution=nat_cut_distribution, **settings)
         trainer = NATGRPOTrainer(model=model, reward_funcs=_no_reward, args=args, train_dataset=dataset,
-                                 processing_class=tokenizer)
+                                 processing_class=tokenizer, peft_config=peft_config)
     trainer.current_gradient_accumulation_steps = 1
     trainer._minnat_output_dir = output_dir  # lives (and is cleaned up) with the trainer
     return trainer
