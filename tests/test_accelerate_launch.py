@@ -46,7 +46,7 @@ def test_accelerate_launch_with_the_shipped_config_trains_with_nat(tmp_path, nam
                "--out", str(out)]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": "cpu",
                    "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment, cwd=REPO)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment, cwd=REPO)  # ZeRO-3: the first run compiles DeepSpeed's CPU op
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     distributed, fsdp2 = EXPECTED[name]
