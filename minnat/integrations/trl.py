@@ -60,9 +60,13 @@ weight is an empty placeholder outside its own forward, is called as a module in
 chunks (`minnat.logprobs.score_positions_through_module`) instead of being read by the tiled
 head. Tested on CPU with two gloo processes: one RPC step under ZeRO-3 equals the single-process
 step, and this trainer trains under ZeRO-3 with the head partitioned (tests/test_zero3.py).
-FSDP is refused for now: `response_logprobs` calls the decoder and the head directly, outside
-the FSDP root module's forward that unshards the root's own parameters (embeddings, final norm,
-head).
+FSDP2 (`fully_shard`, examples/trl/accelerate/fsdp2.yaml) works the same way: the swapped forward runs
+inside the root module's call, after its pre-forward hook has gathered the embeddings, final norm and head,
+and each decoder layer gathers its own weights (tests/test_fsdp2.py: one RPC update over two gloo ranks
+equals the single-process step; the trainer trains under accelerate's FSDP2). FSDP1 is refused.
+
+The loss entry is guarded: `compute_loss` itself is NAT's, and `training_step` raises if a step ran
+without NAT's loss; every GRPOConfig setting that changes the loss path is in `LOSS_PATH_SETTINGS`.
 
 `task_dataset` and `task_reward` turn a minnat task into TRL's dataset and reward function. Two
 helpers build what `minnat.bench` needs to time TRL's update step without a dataset:
