@@ -48,6 +48,16 @@ in [ρL, ρL + 1] when E[U] = ρ: the budget is met within one token. Two famili
   but π_L = L^{−k}: at ρ = 1/2 the last token weighs L, at ρ = 1/4 it weighs L³.
   Unbiased, but a high-variance choice for long responses at small budgets; kept for
   teaching and comparison.
+  **Its tail, made realisable.** A float64 uniform takes the values j·2⁻⁵³, so no sampler
+  driven by one can keep a token with probability below 2⁻⁵³; at ρ = 0.1 and L = 200,
+  (1/200)⁹ ≈ 2·10⁻²¹, and a weight 1/π_t that assumes it would be E[w_t] = 5.7·10⁴, not 1.
+  So the family used here is S(u) = max((1 − u)^k, π_min) on u < 1, π_min = 2⁻²⁴
+  (`POWER_MIN_INCLUSION`: weights ≤ 1.7·10⁷; the kept budget grows by at most π_min·L), with
+  S rounded up to the 2⁻⁵³ grid, and the cut drawn as C_b = #{t : q_b < π_{b,t}} from a survival
+  level q_b ~ Uniform[0, 1). Then C_b ≥ t ⟺ q_b < π_t, so with independent cuts
+  P(C_b ≥ t) = π_t holds exactly, not only in real arithmetic (tests/test_nat.py enumerates the
+  uniform's 2⁵³ values); with stratified cuts q_b = 1 − p_b is off by at most 2⁻⁵³, a relative
+  error ≤ 2⁻⁵³/π_min = 2⁻²⁹ on any π_t.
 
 **Stratified cuts across the batch** (`cut_sampling="stratified"`). RPC's cost is random:
 with independent cuts, a batch at ρ = 0.5 keeps anywhere from about 0.45 to 0.55 of its
@@ -104,6 +114,8 @@ CUT_SAMPLINGS = ("independent", "stratified")
 TOP_ENTROPY_FRACTION = 0.2  # the fraction arXiv 2506.01939 and TRL recommend for top-entropy
 RPC_CUT_DISTRIBUTIONS = ("uniform-floor", "power")
 RPC_FLOOR_FRACTION = 0.2  # α = 0.2ρ: the "keep everything" probability, so weights ≤ 1/α
+POWER_MIN_INCLUSION = 2.0 ** -24  # the "power" family's floor on π_t: far above a float64 uniform's 2⁻⁵³ grid
+UNIFORM_GRID = 2.0 ** 53  # torch.rand(dtype=float64) returns j / 2⁵³, j = 0 … 2⁵³ − 1
 
 
 @dataclass
@@ -225,7 +237,10 @@ def rpc_survival(cut_fraction: torch.Tensor, budget: float, cut_distribution: st
         return keep_all + (1.0 - keep_all) * (1.0 - u / width).clamp(min=0.0)
     if cut_distribution == "power":
         exponent = (1.0 - budget) / budget
-        return (1.0 - u).clamp(min=0.0) ** exponent
+        survival = (1.0 - u).clamp(min=0.0) ** exponent
+        # The floor and the 2⁻⁵³ grid make every π_t one that the sampler realises exactly (module docs).
+        realisable = torch.ceil(survival.clamp(min=POWER_MIN_INCLUSION) * UNIFORM_GRID) / UNIFORM_GRID
+        return torch.where(u < 1.0, realisable.clamp(max=1.0), survival)
     raise ValueError(
         f"unknown RPC cut distribution {cut_distribution!r}; choose one of {RPC_CUT_DISTRIBUTIONS}."
     )
@@ -259,11 +274,12 @@ def sample_rpc_cut_fraction(num_rows: int, budget: float, cut_distribution: str,
         second = torch.rand(num_rows, generator=generator, dtype=torch.float64, device=device)
         return torch.where(uniform < keep_all, torch.ones_like(second), second * width)
     if cut_distribution == "power":
-        # Inverse CDF of Beta(1, k): S(u) = (1 − u)^k  =>  U = 1 − V^{1/k}, V uniform.
+        # Inverse CDF of Beta(1, k) with the floor: S(u) = max((1 − u)^k, π_min)  =>  U = 1 − V^{1/k}, or
+        # U = 1 (keep everything) when V < π_min. `draw_rpc_cuts` draws power cuts from V directly.
         exponent = (1.0 - budget) / budget
         if exponent == 0.0:
             return torch.ones_like(uniform)
-        return 1.0 - uniform ** (1.0 / exponent)
+        return torch.where(uniform < POWER_MIN_INCLUSION, torch.ones_like(uniform), 1.0 - uniform ** (1.0 / exponent))
     raise ValueError(
         f"unknown RPC cut distribution {cut_distribution!r}; choose one of {RPC_CUT_DISTRIBUTIONS}."
     )
@@ -273,7 +289,8 @@ def rpc_cut_fraction_quantile(level: torch.Tensor, budget: float, cut_distributi
     """F⁻¹(p): the cut fraction U at probability level p ∈ [0, 1) (float64), for both RPC families.
 
     "uniform-floor": U = w·p/(1 − α) for p < 1 − α, else U = 1 (keep everything; mass α).
-    "power":         S(u) = (1 − u)^k  ⇒  U = 1 − (1 − p)^{1/k}  (U = 1 when k = 0, i.e. ρ = 1).
+    "power":         S(u) = max((1 − u)^k, π_min)  ⇒  U = 1 − (1 − p)^{1/k}, or U = 1 when 1 − p < π_min
+                     (and when k = 0, i.e. ρ = 1).
     With p ~ Uniform[0, 1) this has exactly the law of `sample_rpc_cut_fraction`.
     """
     if cut_distribution == "uniform-floor":
@@ -283,7 +300,11 @@ def rpc_cut_fraction_quantile(level: torch.Tensor, budget: float, cut_distributi
         return torch.where(level < 1.0 - keep_all, width * level / (1.0 - keep_all), torch.ones_like(level))
     if cut_distribution == "power":
         exponent = (1.0 - budget) / budget
-        return torch.ones_like(level) if exponent == 0.0 else 1.0 - (1.0 - level) ** (1.0 / exponent)
+        if exponent == 0.0:
+            return torch.ones_like(level)
+        survival_level = 1.0 - level
+        return torch.where(survival_level < POWER_MIN_INCLUSION, torch.ones_like(level),
+                           1.0 - survival_level ** (1.0 / exponent))
     raise ValueError(
         f"unknown RPC cut distribution {cut_distribution!r}; choose one of {RPC_CUT_DISTRIBUTIONS}."
     )
@@ -334,6 +355,16 @@ def check_method_options(method: str, cut_distribution: str, cut_sampling: str, 
 def draw_rpc_cuts(lengths: torch.Tensor, budget: float, generator: torch.Generator | None, device, *,
                   cut_distribution: str, cut_sampling: str) -> torch.Tensor:
     """One RPC draw: the kept prefix length C_b of every row -> long [B]."""
+    if cut_distribution == "power":
+        # C_b = #{t : q_b < π_{b,t}} from a survival level q_b ~ Uniform[0, 1): since π is non-increasing,
+        # C_b ≥ t ⟺ q_b < π_t, so the cut realises exactly the π_t its weights assume (module docs).
+        if cut_sampling == "stratified":
+            levels = 1.0 - stratified_cut_levels(lengths, generator, device)
+        else:
+            levels = torch.rand(lengths.shape[0], generator=generator, dtype=torch.float64, device=device)
+        columns = int(lengths.max()) if lengths.numel() else 0
+        pi = rpc_inclusion_probabilities(lengths, columns, budget, "power", dtype=torch.float64)
+        return torch.minimum((levels.unsqueeze(1) < pi).sum(dim=1).clamp(min=1), lengths)  # q_b = 1: p_b = 0
     if cut_sampling == "stratified":
         levels = stratified_cut_levels(lengths, generator, device)
         cut_fraction = rpc_cut_fraction_quantile(levels, budget, cut_distribution)

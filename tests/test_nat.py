@@ -348,3 +348,36 @@ def test_contrasts_are_refused_by_select_tokens_and_top_entropy_needs_entropies(
         select_tokens_biased(mask, "urs", 0.2)
     assert select_for_method(mask, "rpc-unweighted", 0.5).biased
     assert not select_for_method(mask, "rpc", 0.5).biased
+
+
+# ----------------------------------------------------------------------------- the power family's tail
+
+@pytest.mark.parametrize("budget,length", [(0.1, 200), (0.05, 1000), (0.5, 64)])
+def test_power_tail_weights_have_expectation_one_at_every_position_exactly(budget, length):
+    """Exact over the float64 uniform's 2⁵³ values: no weight assumes a π_t the sampler cannot draw.
+
+    torch.rand(float64) returns q = j/2⁵³; the power sampler keeps C = #{t : q < π_t} tokens, so
+    P(C ≥ t) = #{j : j < π_t·2⁵³}/2⁵³ = ⌈π_t·2⁵³⌉/2⁵³, computed here in exact rational arithmetic
+    and multiplied by the float32 weight 1/π_t that the loss uses.
+    """
+    from fractions import Fraction
+
+    grid = 2 ** 53
+    uniforms = torch.rand(10000, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * grid
+    assert torch.equal(uniforms, uniforms.floor())  # the uniform really lives on the 2⁻⁵³ grid
+    mask = torch.ones(4, length, dtype=torch.bool)
+    selection = select_tokens(mask, "rpc", budget, torch.Generator().manual_seed(0), cut_distribution="power")
+    levels = torch.rand(4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    pi = rpc_inclusion_probabilities(torch.tensor([length]), length, budget, "power", dtype=torch.float64)[0]
+    assert torch.equal(selection.cut_lengths, (levels.unsqueeze(1) < pi).sum(dim=1))  # the sampler is C = #{q < π}
+    assert (pi[1:] <= pi[:-1]).all()  # non-increasing, so C ≥ t ⟺ q < π_t
+    weights = (1.0 / selection.inclusion_prob[0]).tolist()  # float32, as selection_from_keep computes them
+    expectations = [Fraction(math.ceil(Fraction(p) * grid), grid) * Fraction(w) for p, w in zip(pi.tolist(), weights)]
+    worst = max(abs(float(e - 1)) for e in expectations)
+    assert worst <= 2 ** -22, worst  # float32 rounding of π_t and 1/π_t, nothing more
+    # What the floor prevents: the raw tail (1 − (t−1)/L)^k, drawable at best with probability 2⁻⁵³.
+    k = (1 - budget) / budget
+    raw_last = (1 - (length - 1) / length) ** k
+    assert (budget == 0.5) == (raw_last * grid >= 1)  # ρ = 1/2 never needed the floor at these lengths
+    if raw_last * grid < 1:
+        assert Fraction(1, grid) / Fraction(raw_last) > 1e3  # the old law: E[w_L] ≫ 1 (5.7·10⁴ at ρ = 0.1, L = 200)

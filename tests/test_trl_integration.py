@@ -297,6 +297,7 @@ def test_two_process_ddp_run_on_cpu_ends_with_identical_parameters(tmp_path):
     ({"top_entropy_quantile": 0.2}, "set top_entropy_quantile=1.0"),
     ({"entropy_coef": 0.01}, "Set entropy_coef=0.0"),
     ({"off_policy_mask_threshold": 0.5}, "off_policy_mask_threshold=None"),
+    ({"use_adaptive_entropy": True}, "use_adaptive_entropy=False"),
 ])
 def test_unsupported_settings_are_refused_with_the_reason(tmp_path, embedded, setting, phrase):
     model, tokenizer = embedded
@@ -329,3 +330,121 @@ def test_example_script_trains_through_trl(tmp_path):
     assert summary["steps"] == 2 and summary["method"] == "rpc"
     assert (tmp_path / "run" / "summary.json").is_file()
     assert 0.0 < summary["mean_kept_fraction"] < 1.0
+
+
+# --- the loss entry: whatever path TRL takes, NAT's loss runs (or the trainer refuses) -------------------------
+
+def count_norm_calls(model, counter):
+    """Stand-in for layer kernels (Liger's, or the Hub's `kernelize`): every RMSNorm's forward is replaced, in
+    place, by an equal computation that counts its calls — what those kernels do to the decoder's layers."""
+    for module in model.modules():
+        if type(module).__name__.endswith("RMSNorm") and "forward" not in module.__dict__:
+            def forward(hidden_states, original=module.forward):
+                counter[0] += 1
+                return original(hidden_states)
+            module.forward = forward
+
+
+# Each GRPOConfig setting of LOSS_PATH_SETTINGS that NAT runs with, as TRL's training step sees it.
+NAT_LOSS_PATH_CASES = {
+    "loss_type": {"loss_type": "grpo"}, "beta": {"beta": 0.05},
+    "use_bias_correction_kl": {"beta": 0.05, "use_bias_correction_kl": False}, "delta": {"delta": 1.5},
+    "num_iterations": {"num_iterations": 2}, "cast_lm_head_to_fp32": {"cast_lm_head_to_fp32": True},
+    "use_liger_kernel": {"use_liger_kernel": True},
+    "liger_kernel_config": {"use_liger_kernel": True, "liger_kernel_config": {"rms_norm": True}},
+    "model_init_kwargs": {"model_init_kwargs": {"use_kernels": True}},
+    "top_entropy_quantile": {"top_entropy_quantile": 1.0}, "importance_sampling_level": {},
+    "entropy_coef": {}, "use_adaptive_entropy": {}, "off_policy_mask_threshold": {},
+}
+REFUSED_LOSS_PATH_CASES = {  # the refusal sentences are checked in test_unsupported_settings_are_refused...
+    "loss_type", "importance_sampling_level", "top_entropy_quantile", "entropy_coef", "use_adaptive_entropy",
+    "off_policy_mask_threshold"}
+NEEDS_A_GPU = {"use_vllm"}
+
+
+def test_every_loss_path_setting_is_covered_by_a_nat_test_or_refused():
+    from minnat.integrations.trl import LOSS_PATH_SETTINGS
+    covered = set(NAT_LOSS_PATH_CASES) | REFUSED_LOSS_PATH_CASES | NEEDS_A_GPU
+    assert set(LOSS_PATH_SETTINGS) == covered, set(LOSS_PATH_SETTINGS) ^ covered
+
+
+@pytest.mark.parametrize("name", ["default"] + sorted(k for k, v in NAT_LOSS_PATH_CASES.items() if v))
+def test_trls_training_step_reaches_nats_loss(tmp_path, monkeypatch, name):
+    """TRL's own loop (`Trainer.train` → `training_step` → `compute_loss`) under each setting runs NAT's loss."""
+    import transformers
+    import transformers.trainer
+    settings = NAT_LOSS_PATH_CASES.get(name, {})
+    norm_calls = [0]
+    # Liger and the Hub kernels need a GPU and a download: their stand-ins patch the layers the same way.
+    monkeypatch.setattr(transformers.trainer, "apply_liger_kernel",
+                        lambda model, config: count_norm_calls(model, norm_calls))
+    original_set_use_kernels = transformers.PreTrainedModel.set_use_kernels
+
+    def set_use_kernels(self, use_kernels, kernel_config=None, mode=None):
+        if not use_kernels:
+            return original_set_use_kernels(self, use_kernels, kernel_config)
+        self._use_kernels = True
+        count_norm_calls(self, norm_calls)
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "set_use_kernels", set_use_kernels)
+    model, tokenizer = load_model("embedded")
+    if "model_init_kwargs" in settings:  # TRL loads the model itself, with these kwargs
+        model = str(REPO / "minnat" / "assets" / "tiny-qwen3")
+    task = get_task("arithmetic", num_train=8, num_eval=1)
+    trainer = NATGRPOTrainer(model=model, reward_funcs=lambda completions, **kw: [len(c) / 10 for c in completions],
+                             args=small_config(tmp_path, max_completion_length=16, **settings),
+                             train_dataset=task_dataset(task), processing_class=tokenizer)
+    trainer.train()  # one step: Trainer.train → training_step → compute_loss, as in any run
+    assert trainer.nat_loss_calls == 1
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 1 and math.isfinite(logged[0]["loss"])
+    assert 0.0 < logged[0]["nat/kept_fraction"] < 1.0  # NAT's selection, not every token
+    if name in ("use_liger_kernel", "liger_kernel_config", "model_init_kwargs"):
+        assert norm_calls[0] > 0  # NAT's log-probs ran through the patched layers
+
+
+def test_a_training_step_that_bypasses_nats_loss_is_refused(tmp_path):
+    """A TRL whose step computed its own (full-token) loss instead of NAT's must fail, not train."""
+    from trl import GRPOTrainer
+    model, tokenizer = load_model("embedded")
+    task = get_task("arithmetic", num_train=8, num_eval=1)
+    trainer = NATGRPOTrainer(model=model, reward_funcs=lambda completions, **kw: [len(c) / 10 for c in completions],
+                             args=small_config(tmp_path, max_completion_length=16), train_dataset=task_dataset(task),
+                             processing_class=tokenizer)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    trainer.compute_loss = lambda model, inputs, **kw: GRPOTrainer._compute_loss(trainer, model, inputs)
+    with pytest.raises(RuntimeError, match="refuses to fall back to full-token training"):
+        trainer.training_step(trainer.model, list(task_dataset(task).select(range(8))), None)
+
+
+# --- stratified cuts in TRL -----------------------------------------------------------------------------------
+
+def test_nat_cut_sampling_defaults_to_the_trainers_and_draws_minnats_exact_stratified_law(tmp_path, embedded):
+    from minnat.nat import stratified_cut_law
+    from minnat.train import TrainConfig
+    assert NATGRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False).nat_cut_sampling == \
+        TrainConfig().cut_sampling == "stratified"
+    with pytest.raises(ValueError, match="nat_cut_sampling must be one of"):
+        small_config(tmp_path, nat_cut_sampling="systematic")
+    model, tokenizer = embedded
+    trainer = build_trainer_for_loss(copy.deepcopy(model), tokenizer, nat_method="rpc", nat_budget=0.5)
+    assert trainer.args.nat_cut_sampling == "stratified"
+    lengths = torch.tensor([5, 2, 4, 3])
+    mask = (torch.arange(5).unsqueeze(0) < lengths.unsqueeze(1)).long()
+    # The trainer's draw is minnat's stratified draw over the whole (generation) batch, from its generator...
+    trainer.nat_generator.manual_seed(11)
+    drawn = trainer.draw_nat_selection(mask)
+    expected = select_tokens(mask.bool(), "rpc", 0.5, torch.Generator().manual_seed(11), cut_sampling="stratified")
+    assert torch.equal(drawn.keep, expected.keep) and drawn.cut_sampling == "stratified"
+    # ...so each row's cut has exactly RPC's law (the exact joint law of the design, summed per row),
+    law = stratified_cut_law(lengths, 0.5)
+    for row, length in enumerate(lengths.tolist()):
+        marginal = torch.zeros(length, dtype=torch.float64)
+        for cuts, probability in law:
+            marginal[int(cuts[row]) - 1] += probability
+        assert torch.allclose(marginal, rpc_cut_probabilities(length, 0.5), atol=1e-12)
+    # ...and a Monte Carlo run of the trainer's own draws matches π_t per row.
+    keeps = torch.stack([trainer.draw_nat_selection(mask).keep for _ in range(4000)]).double().mean(0)
+    pi = rpc_inclusion_probabilities(lengths, 5, 0.5).double()
+    assert ((keeps - pi).abs() <= 5 * torch.sqrt(pi * (1 - pi) / 4000) + 1e-9).all()

@@ -10,6 +10,7 @@ the same cells, executed, with their outputs (plots visible on GitHub):
 Set MINNAT_SKIP_TUTORIALS=1 to skip the (slow) execution tests locally; the sync checks still run.
 """
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -83,3 +84,74 @@ def test_notebook_runs(notebook_path):
     elapsed = time.perf_counter() - start
     print(f"{notebook_path.name}: {elapsed:.1f} s")
     assert elapsed < NOTEBOOK_TIMEOUT_SECONDS, f"{notebook_path.name} took {elapsed:.0f} s"
+
+
+def test_every_tutorial_import_comes_with_the_readmes_first_command():
+    """The README's first command (`pip install torch==2.13.0 -r requirements.txt`) alone must provide every
+    module a tutorial imports: requirements.txt's line, resolved through the installed packages' declared
+    dependencies (extras included as named), must reach the distribution of each top-level import."""
+    import ast
+    import importlib.metadata as metadata
+    import re
+
+    requirement_lines = [line.strip() for line in (TUTORIALS.parent / "requirements.txt").read_text().splitlines()
+                         if line.strip() and not line.startswith("#")]
+    match = re.fullmatch(r"-e \.\[([a-z,]+)\]", requirement_lines[0]) if len(requirement_lines) == 1 else None
+    assert match, f"requirements.txt should be one line `-e .[extras]`; got {requirement_lines}"
+    wanted = [("minnat", set(match.group(1).split(","))), ("torch", set())]  # torch==2.13.0: on the command line
+    reached, queue = set(), list(wanted)
+    while queue:
+        name, extras = queue.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in reached:
+            continue
+        reached.add(key)
+        for requirement in metadata.requires(name) or []:
+            spec, _, marker = requirement.partition(";")
+            needed_extras = set(re.findall(r'extra\s*==\s*["\']([^"\']+)', marker))
+            if needed_extras and not needed_extras & extras:
+                continue
+            match = re.match(r"\s*([A-Za-z0-9_.-]+)(\[([^\]]*)\])?", spec)
+            if not match or "python_version" in marker or "sys_platform" in marker:
+                continue
+            try:
+                metadata.distribution(match.group(1))
+            except metadata.PackageNotFoundError:
+                continue  # an optional dependency not installed here: nothing a tutorial can import from it
+            queue.append((match.group(1), {e.strip() for e in (match.group(3) or "").split(",") if e.strip()}))
+    providers = metadata.packages_distributions()
+
+    def module_level_imports(path: Path) -> list[str]:
+        """Absolute imports a module runs when imported (its top level, including try blocks; not functions)."""
+        names, body = [], list(ast.parse(path.read_text()).body)
+        while body:
+            node = body.pop()
+            if isinstance(node, ast.Import):
+                names += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.append(node.module)
+            elif isinstance(node, (ast.Try, ast.If)):
+                body += node.body
+        return names
+
+    missing, seen = {}, set()
+    for script in SCRIPTS:
+        queue = module_level_imports(script)
+        while queue:
+            name = queue.pop()
+            top = name.split(".")[0]
+            if top in sys.stdlib_module_names or name in seen:
+                continue
+            seen.add(name)
+            if top == "minnat":  # follow minnat's own modules: minnat.integrations.trl needs the trl extra
+                parts = TUTORIALS.parent.joinpath(*name.split("."))
+                for path in (parts.with_suffix(".py"), parts / "__init__.py"):
+                    if path.is_file():
+                        queue += module_level_imports(path)
+                continue
+            if list((TUTORIALS.parent / "examples").glob(f"**/{top}.py")):
+                continue  # an example script the tutorial puts on sys.path
+            distributions = {re.sub(r"[-_.]+", "-", d).lower() for d in providers.get(top, [])}
+            if not distributions & reached:
+                missing.setdefault(script.name, set()).add(top)
+    assert not missing, f"tutorial imports that the README's first command does not install: {missing}"

@@ -4,7 +4,7 @@
     python examples/trl/grpo_nat.py --task arithmetic     # the short-answer task (~67 tokens): a quicker run
     python examples/trl/grpo_nat.py --method full         # TRL's GRPO on every token, everything else identical
 
-    # several GPUs (accelerate picks DDP / DeepSpeed ZeRO-2 / ZeRO-3 from the config file):
+    # several GPUs (accelerate picks DDP / DeepSpeed ZeRO-2 / ZeRO-3 / FSDP2 from the config file):
     accelerate launch --config_file examples/trl/accelerate/ddp.yaml examples/trl/grpo_nat.py \\
         --model Qwen/Qwen3-0.6B --task gsm8k --bf16 --gradient-checkpointing --learning-rate 1e-6 --steps 200
     # ... and vLLM rollouts on the training GPUs (pip install vllm):
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import torch
 
 from minnat.integrations.trl import NATGRPOConfig, NATGRPOTrainer, task_dataset, task_reward
 from minnat.models import load_model
-from minnat.nat import METHODS, RPC_CUT_DISTRIBUTIONS
+from minnat.nat import CUT_SAMPLINGS, METHODS, RPC_CUT_DISTRIBUTIONS
 from minnat.tasks import get_task
 
 
@@ -55,6 +56,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--method", default="rpc", choices=METHODS)
     parser.add_argument("--budget", type=float, default=0.5, help="ρ, the expected fraction of tokens kept")
     parser.add_argument("--cut-distribution", default="uniform-floor", choices=RPC_CUT_DISTRIBUTIONS)
+    parser.add_argument("--cut-sampling", default="stratified", choices=CUT_SAMPLINGS,
+                        help="RPC cuts stratified across each generation batch, or independent per response")
     parser.add_argument("--loss-type", default=None,
                         help="TRL's loss_type (grpo, bnpo, dr_grpo, dapo, ...); default per task (TASK_DEFAULTS)")
     parser.add_argument("--steps", type=int, default=None,
@@ -71,7 +74,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--beta", type=float, default=0.0, help="k3 KL coefficient (loads a reference model)")
     parser.add_argument("--num-iterations", type=int, default=1, help="μ, updates per generation batch")
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPUs)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="bf16 weights and autocast (GPUs); on whenever accelerate's config says mixed_precision: "
+                             "bf16, which DeepSpeed's configs require to match")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--vllm", choices=["colocate", "server"], default=None,
                         help="generate with vLLM: 'colocate' shares the training GPUs, 'server' uses `trl vllm-serve`")
@@ -83,6 +88,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     for name, value in TASK_DEFAULTS[arguments.task].items():
         if getattr(arguments, name) is None:
             setattr(arguments, name, value)
+    # `accelerate launch` passes its config's mixed_precision in the environment; follow it, so that the
+    # shipped configs (mixed_precision: bf16) work with or without --bf16 (override: --mixed_precision no).
+    arguments.bf16 = arguments.bf16 or os.environ.get("ACCELERATE_MIXED_PRECISION") == "bf16"
     return arguments
 
 
@@ -101,6 +109,7 @@ def config_from(arguments: argparse.Namespace) -> NATGRPOConfig:
     return NATGRPOConfig(
         output_dir=arguments.out, seed=arguments.seed, use_cpu=not on_gpu, bf16=arguments.bf16,
         nat_method=arguments.method, nat_budget=arguments.budget, nat_cut_distribution=arguments.cut_distribution,
+        nat_cut_sampling=arguments.cut_sampling,
         loss_type=arguments.loss_type, beta=arguments.beta, num_iterations=arguments.num_iterations,
         max_steps=arguments.steps, learning_rate=arguments.learning_rate, warmup_steps=arguments.warmup_steps,
         lr_scheduler_type="linear",
@@ -126,7 +135,9 @@ def main(argv=None) -> dict:
                "reward_first_step": steps[0]["reward"] if steps else None,
                "reward_last_step": steps[-1]["reward"] if steps else None,
                "mean_kept_fraction": sum(s.get("nat/kept_fraction", 0.0) for s in steps) / max(len(steps), 1),
-               "wall_seconds": round(time.perf_counter() - start, 1)}
+               "wall_seconds": round(time.perf_counter() - start, 1),
+               "distributed": trainer.accelerator.distributed_type.value, "processes": trainer.accelerator.num_processes,
+               "fsdp2": bool(trainer.is_fsdp_enabled and trainer.accelerator.is_fsdp2)}
     if trainer.accelerator.is_main_process:
         Path(arguments.out).mkdir(parents=True, exist_ok=True)
         (Path(arguments.out) / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -60,9 +60,13 @@ weight is an empty placeholder outside its own forward, is called as a module in
 chunks (`minnat.logprobs.score_positions_through_module`) instead of being read by the tiled
 head. Tested on CPU with two gloo processes: one RPC step under ZeRO-3 equals the single-process
 step, and this trainer trains under ZeRO-3 with the head partitioned (tests/test_zero3.py).
-FSDP is refused for now: `response_logprobs` calls the decoder and the head directly, outside
-the FSDP root module's forward that unshards the root's own parameters (embeddings, final norm,
-head).
+FSDP2 (`fully_shard`, examples/trl/accelerate/fsdp2.yaml) works the same way: the swapped forward runs
+inside the root module's call, after its pre-forward hook has gathered the embeddings, final norm and head,
+and each decoder layer gathers its own weights (tests/test_fsdp2.py: one RPC update over two gloo ranks
+equals the single-process step; the trainer trains under accelerate's FSDP2). FSDP1 is refused.
+
+The loss entry is guarded: `compute_loss` itself is NAT's, and `training_step` raises if a step ran
+without NAT's loss; every GRPOConfig setting that changes the loss path is in `LOSS_PATH_SETTINGS`.
 
 LoRA: TRL's own `peft_config` argument works unchanged (TRL wraps the model in peft adapters; the
 decoder's adapters run inside `response_logprobs`, and with β > 0 TRL scores the reference with the
@@ -94,7 +98,8 @@ except ImportError as error:  # the optional dependency is missing: say how to g
 from packaging.version import Version
 
 from minnat.logprobs import LogprobStats, response_logprobs
-from minnat.nat import METHODS, RPC_CUT_DISTRIBUTIONS, Selection, check_budget, select_tokens, selection_from_keep
+from minnat.nat import (CUT_SAMPLINGS, METHODS, RPC_CUT_DISTRIBUTIONS, Selection, check_budget, select_tokens,
+                        selection_from_keep)
 from minnat.tasks import Example, Task
 
 if Version(trl.__version__) < Version("1.16"):
@@ -108,6 +113,32 @@ if Version(trl.__version__) >= Version("2"):
 SUPPORTED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo")
 KEEP_KEY, INCLUSION_KEY = "nat_keep", "nat_inclusion_prob"
 
+# Every GRPOConfig setting (TRL 1.16) that changes which loss TRL computes or how the log-probs inside it are
+# computed, in one place: "nat" — NAT's loss runs with it, and tests/test_trl_integration.py drives TRL's own
+# training step (→ `compute_loss`) under it and checks that NAT's loss ran; "refused" — `unsupported_settings`
+# or `unsupported_model` stops the trainer at construction with the reason; "nat (GPU)" — NAT's loss runs
+# (the entry is pinned), but its numerics need hardware the CPU tests lack.
+LOSS_PATH_SETTINGS = {
+    "loss_type": f"nat for {SUPPORTED_LOSS_TYPES}; refused otherwise (the per-token weight is a whole-response ratio)",
+    "importance_sampling_level": "nat for 'token'; refused for 'sequence' (GSPO averages over every token)",
+    "top_entropy_quantile": "nat at 1.0; refused below (a deterministic, unweighted token subset)",
+    "entropy_coef": "nat at 0.0; refused otherwise (needs every token's entropy)",
+    "use_adaptive_entropy": "nat when False; refused when True (an entropy bonus)",
+    "off_policy_mask_threshold": "nat when None; refused otherwise (a mean KL over every token)",
+    "beta": "nat: the k3 KL at the kept tokens, HT-weighted like the policy term",
+    "use_bias_correction_kl": "nat: the KL times the token ratio, at the kept tokens",
+    "delta": "nat: two-sided clipping of the token ratio",
+    "num_iterations": "nat: one selection per generation batch, reused by its μ updates",
+    "use_liger_kernel": "nat: TRL 1.16 only patches the model's layers (RMSNorm, RoPE, SwiGLU) with Liger kernels; "
+                        "minnat's log-prob path calls those layers, and compute_loss is NATGRPOTrainer's own",
+    "liger_kernel_config": "nat for layer kernels; fused_linear_cross_entropy=True is refused by TRL itself",
+    "model_init_kwargs": "nat with {'use_kernels': True}: Hub kernels replace layers inside the decoder that "
+                         "minnat's log-prob path calls",
+    "cast_lm_head_to_fp32": "nat: minnat's head computes in the head weight's dtype, float32 here, as TRL's",
+    "use_vllm": "nat (GPU): token-level importance correction at the kept tokens; the sequence-level modes "
+                "score every token's old log-prob",
+}
+
 
 @dataclass
 class NATGRPOConfig(GRPOConfig):
@@ -117,6 +148,9 @@ class NATGRPOConfig(GRPOConfig):
                     (keep a random prefix of each response; forward and backward get shorter)
     nat_budget      ρ ∈ (0, 1]: the expected fraction of response tokens kept
     nat_cut_distribution  RPC's cut family: "uniform-floor" (weights ≤ 1/(0.2ρ)) or "power"
+    nat_cut_sampling  RPC's joint draw: "stratified" (default, as `python -m minnat.train`: one offset
+                    for each rank's generation batch, every row's cut keeps exactly RPC's law, the
+                    batch's kept total barely moves) or "independent" (one cut per row)
     nat_micro_batch_overhead_tokens  what one extra forward pass is worth in tokens when rows are
                     grouped by length (`minnat.logprobs.plan_micro_batches`); 0 = no padding at all
     nat_seed        seed of the selection's generator (None: `seed`); rank r adds r
@@ -126,6 +160,8 @@ class NATGRPOConfig(GRPOConfig):
     nat_budget: float = field(default=0.5, metadata={"help": "ρ: expected fraction of response tokens kept."})
     nat_cut_distribution: str = field(default="uniform-floor",
                                       metadata={"help": f"RPC cut family, one of {RPC_CUT_DISTRIBUTIONS}."})
+    nat_cut_sampling: str = field(default="stratified",
+                                  metadata={"help": f"RPC cuts across the generation batch, one of {CUT_SAMPLINGS}."})
     nat_micro_batch_overhead_tokens: int = field(
         default=128, metadata={"help": "Cost of one extra forward pass, in tokens, when grouping rows by length."})
     nat_seed: int | None = field(default=None, metadata={"help": "Seed of the NAT selection (None: seed)."})
@@ -137,6 +173,8 @@ class NATGRPOConfig(GRPOConfig):
         if self.nat_cut_distribution not in RPC_CUT_DISTRIBUTIONS:
             raise ValueError(f"nat_cut_distribution must be one of {RPC_CUT_DISTRIBUTIONS}; "
                              f"got {self.nat_cut_distribution!r}.")
+        if self.nat_cut_sampling not in CUT_SAMPLINGS:
+            raise ValueError(f"nat_cut_sampling must be one of {CUT_SAMPLINGS}; got {self.nat_cut_sampling!r}.")
         self.nat_budget = check_budget(self.nat_budget)
         if self.nat_micro_batch_overhead_tokens < 0:
             raise ValueError("nat_micro_batch_overhead_tokens must be ≥ 0 (0 means one pass per distinct length).")
@@ -175,11 +213,10 @@ def unsupported_settings(args: GRPOConfig) -> list[str]:
 def unsupported_model(trainer: GRPOTrainer) -> list[str]:
     """Why the trainer's model (or the way accelerate shards it) cannot be scored by `response_logprobs`."""
     problems = []
-    if getattr(trainer, "is_fsdp_enabled", False):
-        problems.append("FSDP is not supported yet: minnat's log-prob path calls the decoder and the LM head "
-                        "directly, outside the FSDP root module's forward that unshards the embeddings, final norm "
-                        "and head. Use DeepSpeed ZeRO-3 (examples/trl/accelerate/zero3.yaml), which shards the "
-                        "weights too, ZeRO-2 (zero2.yaml) or DDP (ddp.yaml).")
+    if getattr(trainer, "is_fsdp_enabled", False) and not trainer.accelerator.is_fsdp2:
+        problems.append("FSDP1 is not supported: NAT is tested under FSDP2 (fully_shard), which accelerate and TRL "
+                        "recommend. Set `fsdp_version: 2` in your accelerate config (examples/trl/accelerate/"
+                        "fsdp2.yaml), or use DeepSpeed ZeRO-3 (zero3.yaml).")
     text_config = trainer.model.config.get_text_config()
     if trainer._is_vlm:
         problems.append("vision-language models are not supported: minnat's log-prob path feeds the language "
@@ -249,14 +286,19 @@ class NATGRPOTrainer(GRPOTrainer):
         self._nat_scoring = False          # True while TRL scores a generation batch
         self._nat_batch_selection = None   # that batch's selection, drawn when its mask is first seen
         self.nat_last_stats = LogprobStats()
+        self.nat_loss_calls = 0            # NAT losses computed; training_step checks that each step made one
 
     # --- the selection ---------------------------------------------------------------------------
 
     def draw_nat_selection(self, completion_mask: torch.Tensor, method: str | None = None) -> Selection:
-        """One NAT draw over a right-padded completion mask [B, T] (on its device)."""
+        """One NAT draw over a right-padded completion mask [B, T] (on its device).
+
+        Called once per generation batch, over all of this rank's B = per_device_train_batch_size ×
+        steps_per_generation rows, so stratified cuts balance the whole batch that TRL then splits."""
         selection = select_tokens(completion_mask.bool().cpu(), method or self.args.nat_method,
                                   self.args.nat_budget, self.nat_generator,
-                                  cut_distribution=self.args.nat_cut_distribution)
+                                  cut_distribution=self.args.nat_cut_distribution,
+                                  cut_sampling=self.args.nat_cut_sampling)
         return selection.to(completion_mask.device)
 
     def with_nat_selection(self, inputs: dict, method: str | None = None) -> dict:
@@ -340,9 +382,36 @@ class NATGRPOTrainer(GRPOTrainer):
         # NaN marks "not computed": TRL's vLLM correction then uses ratio 1 there and its statistics skip them.
         return logps.masked_fill(~selection.keep, float("nan")), None, None
 
+    # --- the loss entry: NAT's loss or nothing ----------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's loss entry (`Trainer.training_step` and `prediction_step` call it), pinned to NAT's loss.
+
+        TRL ≤ 1.15 sent `compute_loss` to Liger's fused GRPO loss (every token, no weights) when
+        `use_liger_kernel=True`; overriding the entry itself, not only `_compute_loss`, means no TRL
+        routing can put another loss here.
+        """
+        if return_outputs:
+            raise ValueError("NATGRPOTrainer, like GRPOTrainer, does not return outputs from compute_loss.")
+        return self._compute_loss(model, inputs)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """TRL's training step, checked to have run NAT's loss: a TRL release whose step reaches the loss
+        some other way raises here instead of training full-token silently."""
+        calls = self.nat_loss_calls
+        output = super().training_step(model, inputs, num_items_in_batch)
+        if self.nat_loss_calls == calls:
+            raise RuntimeError(
+                f"TRL {trl.__version__}'s training step finished without calling NATGRPOTrainer's loss, so this "
+                "step would have trained on every token with TRL's own loss. NATGRPOTrainer refuses to fall back "
+                "to full-token training: pin `trl>=1.16,<2` (the versions it is tested with) and report the TRL "
+                "version and your GRPOConfig.")
+        return output
+
     # --- the loss ----------------------------------------------------------------------------------
 
     def _compute_loss(self, model, inputs):
+        self.nat_loss_calls += 1  # read by training_step: NAT's loss ran
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
