@@ -313,7 +313,8 @@ def head_weight_is_sharded(head: torch.nn.Module) -> bool:
     """True when a sharding engine keeps the LM head's weight partitioned outside the head's own
     forward, so it can only be used by calling the head: DeepSpeed ZeRO-3 (a parameter with
     `ds_id`, an empty placeholder until a module hook gathers it; tested) or a torch DTensor
-    (FSDP2; untested, and FSDP is refused by `minnat.integrations.trl`)."""
+    (FSDP2 with the head sharded on its own; tests/test_fsdp2.py runs FSDP2 with the head inside the
+    root module, whose pre-forward hook gathers it, so this branch stays untested there)."""
     weight = getattr(head, "weight", None)
     if weight is None:
         return False
