@@ -212,6 +212,22 @@ def markdown(report) -> str:
             f"{row['worst_drop_from_best'] * 100:.1f} points | {row['tokens_to_model_fraction']:.2f} | "
             f"{cost_text(cost, 'time_ratio_median')} | {cost_text(cost, 'activation_ratio_median')} | "
             f"{statistics.fmean(row['train_reward_first5']):.2f} → {statistics.fmean(row['train_reward_last5']):.2f} |")
+    return "\n".join(lines) + "\n" + accuracy_by_step(report)
+
+
+def accuracy_by_step(report) -> str:
+    """Held-out accuracy at every evaluated step, mean [min, max] over seeds: when each method learned."""
+    curves = {method: [report["curves"][f"{method}-seed{seed}"] for seed in report["seeds"]]
+              for method in report["methods"]}
+    steps = [point[0] for point in min(next(iter(curves.values())), key=len)]
+    lines = ["\nHeld-out greedy accuracy at each evaluation, mean over seeds [min, max]:\n",
+             "| method | " + " | ".join(f"step {step}" for step in steps) + " |", "|" + "---|" * (len(steps) + 1)]
+    for method, runs in curves.items():
+        cells = []
+        for index in range(len(steps)):
+            values = [run[index][1] for run in runs]
+            cells.append(f"{statistics.fmean(values):.1%} [{min(values):.1%}, {max(values):.1%}]")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -23,7 +23,7 @@ TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
 NOTEBOOKS = sorted(TUTORIALS.glob("[0-9][0-9]_*.ipynb"))
 SCRIPTS = sorted(TUTORIALS.glob("[0-9][0-9]_*.py"))
 EXPECTED = ["01_horvitz_thompson", "02_grpo_from_scratch", "03_urs_and_rpc", "04_training_with_nat", "05_scaling_up",
-            "06_nat_in_trl"]
+            "06_nat_in_trl", "07_why_the_weights_matter"]
 CELL_TIMEOUT_SECONDS = 300      # no single cell should come anywhere near this
 NOTEBOOK_TIMEOUT_SECONDS = 600  # the whole notebook; they aim for < 90 s on 2 CPU cores
 MAX_NOTEBOOK_BYTES = 1_500_000  # executed outputs with a few PNG plots
