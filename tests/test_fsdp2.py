@@ -15,40 +15,23 @@ weights, and FSDP2's backward hooks reduce-scatter the gradients as usual. Two t
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import torch
 
-from minnat.grpo import policy_loss
-from minnat.logprobs import response_logprobs
-from minnat.models import load_model
-from minnat.nat import select_tokens
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+import two_rank_cases  # noqa: E402
+from two_rank_cases import RANK_BATCH  # noqa: E402
+
 ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
 LEARNING_RATE = 0.5
 
-COMMON = textwrap.dedent('''
-    import torch
-
-    def rank_batch(rank):
-        """Rank r's rows: left-padded prompts, ragged responses (vocabulary of the embedded model)."""
-        generator = torch.Generator().manual_seed(100 + rank)
-        prompts, responses = [3, 6, 4, 5], [[18, 5, 12, 9], [7, 16, 11, 20]][rank]
-        P, T = max(prompts), max(responses)
-        ids = torch.randint(3, 90, (4, P + T), generator=generator)
-        columns = torch.arange(P + T)
-        prompt = (columns >= P - torch.tensor(prompts).unsqueeze(1)) & (columns < P)
-        response = (columns >= P) & (columns < P + torch.tensor(responses).unsqueeze(1))
-        attention = (prompt | response).long()
-        response_mask = torch.arange(T) < torch.tensor(responses).unsqueeze(1)
-        advantages = torch.randn(4, generator=generator)
-        return ids * attention, attention, response_mask, advantages
-''')
+COMMON = RANK_BATCH
 
 FSDP2_WORKER = COMMON + textwrap.dedent('''
     import sys
@@ -87,43 +70,14 @@ FSDP2_WORKER = COMMON + textwrap.dedent('''
 
 
 def run_two_ranks(worker: str, folder: Path) -> list[dict]:
-    """Run `worker` (a script's text) in two gloo processes; each leaves folder/rank<r>.pt, returned in rank order."""
-    script = folder / "worker.py"
-    script.write_text(worker)
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", "0", "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0",
-                             str(script), str(folder)],
-                            capture_output=True, text=True, timeout=300, env=ENVIRONMENT, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return [torch.load(folder / f"rank{rank}.pt") for rank in (0, 1)]
+    return two_rank_cases.run_two_ranks(worker, folder, ENVIRONMENT, timeout=300)
 
 
 def test_one_rpc_update_under_fsdp2_equals_the_single_process_step(tmp_path):
     ranks = run_two_ranks(FSDP2_WORKER, tmp_path)
     assert ranks[0]["head_sharded"]  # the head's weight really was a sharded DTensor outside the forward
 
-    namespace = {}
-    exec(COMMON, namespace)
-    model, _ = load_model("embedded")
-    names = [name for name, _ in model.named_parameters()]
-    parameters = [p for _, p in model.named_parameters()]
-    gradients = [torch.zeros_like(p) for p in parameters]
-    for rank in (0, 1):  # the reference: both ranks' losses on one unsharded model; FSDP2 averages over ranks
-        ids, attention, response_mask, advantages = namespace["rank_batch"](rank)
-        selection = select_tokens(response_mask, "rpc", 0.5, torch.Generator().manual_seed(rank))
-        logprobs = response_logprobs(model, ids, attention, response_mask, selection)
-        loss = policy_loss(logprobs, logprobs.detach(), advantages, response_mask, weights=selection.weights)
-        assert abs(float(loss.detach()) - ranks[rank]["loss"]) < 1e-6
-        for total, gradient in zip(gradients, torch.autograd.grad(loss, parameters, allow_unused=True)):
-            if gradient is not None:
-                total += gradient / 2
-    moved = 0.0
-    for name, parameter, gradient in zip(names, parameters, gradients):
-        expected = parameter.detach() - LEARNING_RATE * gradient
-        torch.testing.assert_close(ranks[0]["final"][name], expected, rtol=1e-5, atol=2e-6)
-        assert torch.equal(ranks[0]["final"][name], ranks[1]["final"][name])
-        moved = max(moved, float((expected - parameter.detach()).abs().max()))
-    assert moved > 1e-3  # the step did something to compare
+    two_rank_cases.assert_single_process_step(ranks, LEARNING_RATE)
 
 
 TRL_WORKER = textwrap.dedent('''
