@@ -108,10 +108,22 @@ def addition_solution(left: int, right: int, forget_carry=None) -> str:
     answer comes out wrong. `scripts/make_tiny_model.py` uses this to make a
     warm-start model that is sometimes right and has room to improve.
     """
+    columns, answer = carried_columns(left, right, forget_carry, "addition_solution")
+    steps = [f"{a}+{b}+{carry}={total} c{carry_out}" for a, b, carry, total, carry_out in columns]
+    return ";".join(steps) + ";" + ANSWER_MARKER + answer
+
+
+def carried_columns(left: int, right: int, forget_carry=None, caller: str = "carried_columns"):
+    """The schoolbook columns of left + right, ones first, as the worked solutions write them.
+
+    Returns ([(a, b, carry_in, total, carry_out), ...], answer): `answer` is each column's last digit
+    read backwards, with a leading 1 if the last column carried. `forget_carry()` is called for each
+    column whose sum is 10 or more; True makes that column carry 0 (the sloppy teacher's slip), and
+    every later column and the answer stay consistent with it."""
     if left < 0 or right < 0:
-        raise ValueError(f"addition_solution takes non-negative integers, got {left} and {right}.")
+        raise ValueError(f"{caller} takes non-negative integers, got {left} and {right}.")
     left_digits, right_digits = str(left)[::-1], str(right)[::-1]
-    steps, answer_digits, carry = [], [], 0
+    columns, answer_digits, carry = [], [], 0
     for column in range(max(len(left_digits), len(right_digits))):
         a = int(left_digits[column]) if column < len(left_digits) else 0
         b = int(right_digits[column]) if column < len(right_digits) else 0
@@ -119,12 +131,12 @@ def addition_solution(left: int, right: int, forget_carry=None) -> str:
         carry_out = 1 if total >= 10 else 0
         if carry_out and forget_carry is not None and forget_carry():
             carry_out = 0
-        steps.append(f"{a}+{b}+{carry}={total} c{carry_out}")
+        columns.append((a, b, carry, total, carry_out))
         answer_digits.append(str(total % 10))
         carry = carry_out
     if carry:
         answer_digits.append("1")
-    return ";".join(steps) + ";" + ANSWER_MARKER + "".join(reversed(answer_digits))
+    return columns, "".join(reversed(answer_digits))
 
 
 class ArithmeticTask(Task):
@@ -317,23 +329,10 @@ def column_addition(left: int, right: int, forget_carry=None) -> str:
 
     `forget_carry`, if given, is called for each column whose sum is 10 or more; when it returns
     True the line writes `c0` instead of `c1` and the rest stays consistent with that slip."""
-    if left < 0 or right < 0:
-        raise ValueError(f"column_addition takes non-negative integers, got {left} and {right}.")
-    left_digits, right_digits = str(left)[::-1], str(right)[::-1]
-    lines, answer_digits, carry = [], [], 0
-    for column in range(max(len(left_digits), len(right_digits))):
-        a = int(left_digits[column]) if column < len(left_digits) else 0
-        b = int(right_digits[column]) if column < len(right_digits) else 0
-        total = a + b + carry
-        carry_out = 1 if total >= 10 else 0
-        if carry_out and forget_carry is not None and forget_carry():
-            carry_out = 0
-        lines.append(f"{PLACE_TAGS[column]}: {a}+{b}+{carry}={total} c{carry_out}\n")
-        answer_digits.append(str(total % 10))
-        carry = carry_out
-    if carry:
-        answer_digits.append("1")
-    return "".join(lines) + ANSWER_MARKER + "".join(reversed(answer_digits))
+    columns, answer = carried_columns(left, right, forget_carry, "column_addition")
+    lines = [f"{PLACE_TAGS[index]}: {a}+{b}+{carry}={total} c{carry_out}\n"
+             for index, (a, b, carry, total, carry_out) in enumerate(columns)]
+    return "".join(lines) + ANSWER_MARKER + answer
 
 
 def late_credit_solution(left: int, right: int, rng: random.Random, forget_carry=None) -> str:
