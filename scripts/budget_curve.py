@@ -237,7 +237,8 @@ def plot(report: dict, path: Path) -> None:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, loc="lower right")
     seeds = len(full["seeds"])
-    axis.set_title(f"{report['task']}: final accuracy vs token budget — mean over {seeds} seeds, bars = seed range",
+    over = "1 seed" if seeds == 1 else f"{seeds} seeds, bars = seed range"
+    axis.set_title(f"{report['task']}: final accuracy vs token budget — mean over {over}",
                    fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
