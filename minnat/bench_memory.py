@@ -386,9 +386,10 @@ def target_lines(rows: list[dict]) -> list[str]:
     if tiled and tiled.get("head_transient_ratio") is not None:
         check("LM head tiled / before, peak above start without the [V, H] weight gradient",
               tiled["head_transient_ratio"], TARGETS["head_peak_vs_before"])
+        ratio = tiled.get("peak_above_start_ratio")  # None when the reference's peak RSS did not rise at all
         lines.append(f"LM head tiled / before, peak above start with the weight gradient: "
-                     f"{tiled['peak_above_start_ratio']:.3f} (the [V, H] gradient, {mib(tiled['head_weight_gradient_bytes'])},"
-                     " is the same in both)")
+                     f"{'not measurable (the previous head showed no rise in peak RSS)' if ratio is None else f'{ratio:.3f}'}"
+                     f" (the [V, H] gradient, {mib(tiled['head_weight_gradient_bytes'])}, is the same in both)")
         check("LM head tiled time / before", tiled.get("time_ratio"), TARGETS["head_time_vs_before"],
               tiled.get("time_ratio_reliable", True), tiled.get("time_ratio_note", ""))
     for row in rows:
