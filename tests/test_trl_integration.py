@@ -387,6 +387,9 @@ def test_trls_training_step_reaches_nats_loss(tmp_path, monkeypatch, name):
         count_norm_calls(self, norm_calls)
 
     monkeypatch.setattr(transformers.PreTrainedModel, "set_use_kernels", set_use_kernels)
+    if hasattr(transformers.PreTrainedModel, "kernelize"):  # transformers < 5.11 calls kernelize() instead
+        monkeypatch.setattr(transformers.PreTrainedModel, "kernelize",
+                            lambda self, mode=None: count_norm_calls(self, norm_calls))
     model, tokenizer = load_model("embedded")
     if "model_init_kwargs" in settings:  # TRL loads the model itself, with these kwargs
         model = str(REPO / "minnat" / "assets" / "tiny-qwen3")
