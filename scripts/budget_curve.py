@@ -137,6 +137,36 @@ def reusable_runs(path: Path, arm_list, seeds, extra) -> dict:
     return runs
 
 
+def recorded_runs(path: Path, extra) -> dict:
+    """The runs an earlier invocation recorded in OUT/results.json, as `run_one` returns them.
+
+    OUT/runs/ is not committed (it is git-ignored), so on a new clone the committed results.json is
+    what remains of the finished runs: each recorded (method, ρ, seed) is read back from it instead of
+    trained again. Only records with each run's own token fractions (`per_seed`) or a single seed
+    are exact enough to read back; a record made with other trainer flags is ignored."""
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    if without_eval_cadence(earlier.get("extra_flags", [])) != without_eval_cadence(extra):
+        return {}
+    runs = {}
+    for arm in earlier.get("arms", {}).values():
+        per_seed = arm.get("per_seed")
+        if per_seed is None and len(arm["seeds"]) != 1:
+            continue
+        for index, seed in enumerate(arm["seeds"]):
+            fractions = per_seed[index] if per_seed else {key: arm[key] for key in ("kept_fraction",
+                                                                                   "tokens_to_model_fraction")}
+            summary = {"accuracy_before": arm["accuracy_before"], "accuracy_after": arm["final_accuracy"][index],
+                       "used_fraction": fractions["kept_fraction"],
+                       "tokens_to_model_in_updates": fractions["tokens_to_model_fraction"],
+                       "full_tokens_to_model_in_updates": 1.0}
+            runs[(arm["method"], arm["budget"], seed)] = {
+                "method": arm["method"], "budget": arm["budget"], "seed": seed, "summary": summary,
+                "curve": [tuple(point) for point in arm["curves"][f"seed{seed}"]], "recorded_in": str(path)}
+    return runs
+
+
 def check_reproduced(rerun: dict, earlier: dict) -> dict:
     """The re-run of one reused (method, ρ, seed) must give the same accuracy wherever both evaluated."""
     before = {step: accuracy for step, accuracy, *_ in earlier["curve"]}
@@ -175,6 +205,9 @@ def summarise_arm(runs: list[dict]) -> dict:
             run["summary"]["tokens_to_model_in_updates"] / run["summary"]["full_tokens_to_model_in_updates"]
             for run in runs),
         "curves": {f"seed{run['seed']}": run["curve"] for run in runs},
+        "per_seed": [{"kept_fraction": run["summary"]["used_fraction"],
+                      "tokens_to_model_fraction": run["summary"]["tokens_to_model_in_updates"]
+                      / run["summary"]["full_tokens_to_model_in_updates"]} for run in runs],
     }
 
 
@@ -295,12 +328,22 @@ def main(argv=None) -> int:
 
     reused = reusable_runs(Path(args.reuse), arm_list, args.seeds, extra) if args.reuse else {}
     check_key = next((key for key in reused if key[0] != "full"), None)  # re-trained to check reproduction
+    earlier = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+    earlier_check = (earlier.get("reused") or {}).get("reproduction_check")
+    recorded = {key: run for key, run in recorded_runs(out / "results.json", extra).items()
+                if key[2] in args.seeds and (key[0], key[1]) in arm_list
+                and (key not in reused or (key == check_key and earlier_check))
+                and not (out / "runs" / f"{arm_label(key[0], key[1])}-seed{key[2]}" / "summary.json").exists()}
     to_train = [(method, seed, budget) for method, budget in arm_list for seed in args.seeds
-                if (method, budget, seed) not in reused or (method, budget, seed) == check_key]
+                if (method, budget, seed) not in recorded
+                and ((method, budget, seed) not in reused or (method, budget, seed) == check_key)]
     to_train.sort(key=lambda job: (job[0], job[2], job[1]) != check_key)  # the check first: a mismatch stops early
     jobs = [(method, seed, budget, str(out / "runs" / f"{arm_label(method, budget)}-seed{seed}"), extra)
             for method, seed, budget in to_train]
-    results, reproduction = [run for key, run in reused.items() if key != check_key], None
+    if recorded:
+        print(f"read back from {out / 'results.json'}: {len(recorded)} finished runs", flush=True)
+    results = [run for key, run in reused.items() if key != check_key] + list(recorded.values())
+    reproduction = earlier_check if check_key in recorded else None  # checked when it was recorded
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         for result in pool.map(run_one, jobs):
             summary = result["summary"]

@@ -54,6 +54,23 @@ def test_a_second_invocation_redoes_nothing(smoke, monkeypatch):
     assert {path: path.stat().st_mtime_ns for path in (smoke / "runs").glob("*/summary.json")} == before
 
 
+def test_a_new_clone_reads_the_finished_runs_back_from_the_committed_results(smoke, monkeypatch, tmp_path):
+    """OUT/runs/ is git-ignored: with only the committed files, the runs recorded in results.json
+    are read back, not trained again, and the rewritten record keeps their numbers."""
+    def refuse(job):
+        raise AssertionError(f"a recorded run was trained again: {job[:3]}")
+
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for name in ("results.json", "paired_costs.json", "gradient_stats.json"):
+        (clone / name).write_text((smoke / name).read_text())
+    monkeypatch.setattr(budget_curve, "run_one", refuse)
+    budget_curve.main(["--smoke", "--out", str(clone), "--budgets", "0.25", "--methods", "rpc", "rpc-unweighted",
+                       "--seeds", "0", "--workers", "1"])
+    before, after = (json.loads((folder / "results.json").read_text())["arms"] for folder in (smoke, clone))
+    assert after == before
+
+
 def test_reuse_takes_an_earlier_comparisons_runs_and_checks_one_reproduces(tmp_path):
     """--reuse: full's and the comparison's-ρ arms come from its results.json (same flags but the
     evaluation cadence); a re-run that disagrees anywhere both evaluated stops the script."""
