@@ -137,16 +137,13 @@ def reusable_runs(path: Path, arm_list, seeds, extra) -> dict:
     return runs
 
 
-def recorded_runs(path: Path, extra) -> dict:
-    """The runs an earlier invocation recorded in OUT/results.json, as `run_one` returns them.
+def recorded_runs(earlier: dict, extra) -> dict:
+    """The runs an earlier invocation recorded in OUT/results.json (`earlier`, as loaded), as `run_one` returns them.
 
     OUT/runs/ is not committed (it is git-ignored), so on a new clone the committed results.json is
     what remains of the finished runs: each recorded (method, ρ, seed) is read back from it instead of
     trained again. Only records with each run's own token fractions (`per_seed`) or a single seed
     are exact enough to read back; a record made with other trainer flags is ignored."""
-    if not path.exists():
-        return {}
-    earlier = json.loads(path.read_text())
     if without_eval_cadence(earlier.get("extra_flags", [])) != without_eval_cadence(extra):
         return {}
     runs = {}
@@ -163,7 +160,7 @@ def recorded_runs(path: Path, extra) -> dict:
                        "full_tokens_to_model_in_updates": 1.0}
             runs[(arm["method"], arm["budget"], seed)] = {
                 "method": arm["method"], "budget": arm["budget"], "seed": seed, "summary": summary,
-                "curve": [tuple(point) for point in arm["curves"][f"seed{seed}"]], "recorded_in": str(path)}
+                "curve": [tuple(point) for point in arm["curves"][f"seed{seed}"]]}
     return runs
 
 
@@ -330,7 +327,7 @@ def main(argv=None) -> int:
     check_key = next((key for key in reused if key[0] != "full"), None)  # re-trained to check reproduction
     earlier = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
     earlier_check = (earlier.get("reused") or {}).get("reproduction_check")
-    recorded = {key: run for key, run in recorded_runs(out / "results.json", extra).items()
+    recorded = {key: run for key, run in recorded_runs(earlier, extra).items()
                 if key[2] in args.seeds and (key[0], key[1]) in arm_list
                 and (key not in reused or (key == check_key and earlier_check))
                 and not (out / "runs" / f"{arm_label(key[0], key[1])}-seed{key[2]}" / "summary.json").exists()}
