@@ -3,6 +3,7 @@
     python scripts/screenshots.py                     # embedded model -> docs/images/app_*.png
     python scripts/screenshots.py --task arithmetic   # the short-answer task instead of the default
     python scripts/screenshots.py --model runs/x/checkpoints/step-000060 --out /tmp/shots
+    python scripts/screenshots.py --live-only --live-task late-credit --out docs/images/late_credit
 
 Starts the app (`minnat.explorer`) on a free localhost port in this process, opens it in
 Chromium (Debian's /usr/bin/chromium through Playwright; no network needed), runs each view
@@ -53,6 +54,30 @@ def wait_until_idle(page, timeout_s: float = 600) -> None:
     page.wait_for_function("() => !document.body.innerText.includes('processing |')", timeout=timeout_s * 1000)
 
 
+def live_training(page, args, out: Path) -> None:
+    """Run the Live view once (its defaults, or --live-task / --live-steps), then capture it."""
+    open_tab(page, "Live training")
+    if args.live_task is not None:
+        # Choosing the task re-ticks that task's default methods (late-credit: the contrast too).
+        page.get_by_label("task", exact=True).click()
+        page.get_by_role("option", name=args.live_task, exact=True).click()
+        page.wait_for_timeout(1000)
+    if args.live_steps is not None:
+        steps = page.get_by_label("steps", exact=True)
+        steps.fill(str(args.live_steps))
+        steps.press("Enter")
+    page.get_by_role("button", name="Start").click()
+    started = time.time()
+    wait_for_text(page, "#nat-live-status", "Done (", args.live_timeout)
+    print(f"live training took {time.time() - started:.0f} s")
+    page.wait_for_timeout(2500)
+    wait_until_idle(page)
+    page.screenshot(path=str(out / "app_live_training.png"), full_page=True)
+    for name in ("#nat-live-status", "#nat-live-table"):
+        print(page.locator(name).inner_text())
+    print("wrote", out / "app_live_training.png")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="embedded", help="model for the app (default: %(default)s)")
@@ -65,6 +90,11 @@ def main(argv=None) -> int:
                         help="GRPO steps per method in the live view (default: the view's own, the trainer's)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--no-live", action="store_true", help="skip the Live-training view (minutes of training)")
+    parser.add_argument("--live-only", action="store_true", help="capture the Live-training view only")
+    parser.add_argument("--live-task", default=None,
+                        help="task chosen in the Live view's own menu, e.g. late-credit (default: the page's)")
+    parser.add_argument("--live-timeout", type=float, default=3600,
+                        help="seconds to wait for the live runs to finish (default: %(default)s)")
     args = parser.parse_args(argv)
 
     import torch
@@ -87,6 +117,10 @@ def main(argv=None) -> int:
             page.goto(url)
             # Tokens: the page samples a group on load; type the sampling seed, sample, then capture.
             wait_for_text(page, "#nat-tokens", "response 1", 120)
+            if args.live_only:
+                live_training(page, args, out)
+                browser.close()
+                return 0
             seed = page.get_by_label("sampling seed", exact=True)
             seed.fill(str(args.sampling_seed))
             seed.press("Enter")
@@ -122,21 +156,7 @@ def main(argv=None) -> int:
             if args.no_live:
                 browser.close()
                 return 0
-            open_tab(page, "Live training")
-            if args.live_steps is not None:
-                steps = page.get_by_label("steps", exact=True)
-                steps.fill(str(args.live_steps))
-                steps.press("Enter")
-            page.get_by_role("button", name="Start").click()
-            started = time.time()
-            wait_for_text(page, "#nat-live-status", "Done (", 1800)
-            print(f"live training took {time.time() - started:.0f} s")
-            page.wait_for_timeout(2500)
-            wait_until_idle(page)
-            page.screenshot(path=str(out / "app_live_training.png"), full_page=True)
-            for name in ("#nat-live-status", "#nat-live-table"):
-                print(page.locator(name).inner_text())
-            print("wrote", out / "app_live_training.png")
+            live_training(page, args, out)
             browser.close()
     finally:
         demo.close()
