@@ -18,6 +18,8 @@ ratio agree well enough for the ratio to be reported as a finding.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import re
 import resource
@@ -94,15 +96,31 @@ def rss_bytes() -> int | None:
     return None if kib is None else kib * 1024
 
 
+def release_free_heap() -> None:
+    """Return the C heap's free pages to the system where the C library can (glibc); else nothing."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:
+        pass
+
+
 class PeakRSS:
     """`with PeakRSS() as peak: ...`, then peak.start, peak.peak, peak.above_start (bytes), peak.method.
 
     method "VmHWM reset": the exact high-water mark of this block (Linux); "ru_maxrss": the
     process's lifetime peak (other systems), an upper bound that is exact only when this block
     is the process's largest — hence a fresh process per configuration.
+
+    On entry the C heap's free pages go back to the system (glibc's malloc_trim): otherwise a small
+    block can run entirely in memory that loading the model freed but the process still holds, and
+    its high-water mark would not rise above the start at all.
     """
 
     def __enter__(self):
+        release_free_heap()
         self.start = rss_bytes()
         try:
             with open("/proc/self/clear_refs", "w") as handle:

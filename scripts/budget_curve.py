@@ -110,6 +110,15 @@ def without_eval_cadence(flags: list[str]) -> list[str]:
     return kept
 
 
+def run_record(method: str, budget: float, seed: int, accuracy_before: float, accuracy_after: float,
+               kept_fraction: float, tokens_to_model_fraction: float, curve) -> dict:
+    """One finished run read back from an earlier record, in the shape `run_one` returns."""
+    summary = {"accuracy_before": accuracy_before, "accuracy_after": accuracy_after, "used_fraction": kept_fraction,
+               "tokens_to_model_in_updates": tokens_to_model_fraction, "full_tokens_to_model_in_updates": 1.0}
+    return {"method": method, "budget": budget, "seed": seed, "summary": summary,
+            "curve": [tuple(point) for point in curve]}
+
+
 def reusable_runs(path: Path, arm_list, seeds, extra) -> dict:
     """Runs of an earlier `compare_methods.py` with the same trainer flags, as `run_one` returns them.
 
@@ -127,13 +136,11 @@ def reusable_runs(path: Path, arm_list, seeds, extra) -> dict:
         for index, seed in enumerate(earlier["seeds"]):
             if seed not in seeds:
                 continue
-            summary = {"accuracy_before": row["accuracy_before"], "accuracy_after": row["final_accuracy"][index],
-                       "used_fraction": row["used_fraction"],
-                       "tokens_to_model_in_updates": row["tokens_to_model_fraction"],
-                       "full_tokens_to_model_in_updates": 1.0}
-            curve = [tuple(point) for point in earlier["curves"][f"{method}-seed{seed}"]]
-            runs[(method, budget, seed)] = {"method": method, "budget": budget, "seed": seed, "summary": summary,
-                                            "curve": curve, "reused_from": str(path), "reused_date": earlier["date"]}
+            runs[(method, budget, seed)] = {
+                **run_record(method, budget, seed, row["accuracy_before"], row["final_accuracy"][index],
+                             row["used_fraction"], row["tokens_to_model_fraction"],
+                             earlier["curves"][f"{method}-seed{seed}"]),
+                "reused_from": str(path), "reused_date": earlier["date"]}
     return runs
 
 
@@ -154,13 +161,9 @@ def recorded_runs(earlier: dict, extra) -> dict:
         for index, seed in enumerate(arm["seeds"]):
             fractions = per_seed[index] if per_seed else {key: arm[key] for key in ("kept_fraction",
                                                                                    "tokens_to_model_fraction")}
-            summary = {"accuracy_before": arm["accuracy_before"], "accuracy_after": arm["final_accuracy"][index],
-                       "used_fraction": fractions["kept_fraction"],
-                       "tokens_to_model_in_updates": fractions["tokens_to_model_fraction"],
-                       "full_tokens_to_model_in_updates": 1.0}
-            runs[(arm["method"], arm["budget"], seed)] = {
-                "method": arm["method"], "budget": arm["budget"], "seed": seed, "summary": summary,
-                "curve": [tuple(point) for point in arm["curves"][f"seed{seed}"]]}
+            runs[(arm["method"], arm["budget"], seed)] = run_record(
+                arm["method"], arm["budget"], seed, arm["accuracy_before"], arm["final_accuracy"][index],
+                fractions["kept_fraction"], fractions["tokens_to_model_fraction"], arm["curves"][f"seed{seed}"])
     return runs
 
 

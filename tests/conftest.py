@@ -63,3 +63,31 @@ def build_local_chat_model(folder, texts, seed: int = 0):
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+# ----------------------------------------------------------------------- two workers (pytest-xdist)
+# pyproject runs the suite as `-n 2 --dist loadgroup`: two worker processes on the two cores, since
+# most tests use one thread. Three rules keep that safe and short:
+#   * tests that start two ranks of their own share one group, so two 2-process jobs never
+#     contend for 2 cores at once;
+#   * the explorer's tests share one worker: they count the app's temporary folders machine-wide;
+#   * the longest tests go first, so the suite does not end on one worker's long tail.
+TWO_RANKS = ("test_accelerate_launch.py::", "test_fsdp2.py::", "test_zero3.py::",
+             "test_trl_integration.py::test_two_process_ddp_run",
+             "test_verl_integration.py::test_two_data_parallel_ranks")
+LONGEST_FIRST = ("test_notebook_runs[04", "test_notebook_runs[03", "test_accelerate_launch.py::", "test_app.py::",
+                 "test_notebook_runs[05", "test_notebook_runs[06", "test_memory_mode_measures",
+                 "test_gpu_script_runs_end_to_end", "test_notebook_runs[02", *TWO_RANKS)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(name in item.nodeid for name in TWO_RANKS):
+            item.add_marker(pytest.mark.xdist_group("two-ranks"))
+        elif "test_app.py::" in item.nodeid:
+            item.add_marker(pytest.mark.xdist_group("explorer"))
+
+    def rank(item):
+        return next((place for place, name in enumerate(LONGEST_FIRST) if name in item.nodeid), len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: the same order on every worker, collection order within a rank
