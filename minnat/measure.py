@@ -19,7 +19,6 @@ ratio agree well enough for the ratio to be reported as a finding.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import re
 import resource
@@ -98,13 +97,11 @@ def rss_bytes() -> int | None:
 
 def release_free_heap() -> None:
     """Return the C heap's free pages to the system where the C library can (glibc); else nothing."""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        if libc is not None and hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
-    except OSError:
-        pass
+        trim = ctypes.CDLL(None).malloc_trim  # the C library this process already runs on: no search
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 class PeakRSS:
